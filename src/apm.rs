@@ -1,0 +1,296 @@
+//! [`Apm`], the one handle users hold, and its builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{RandomIdGenerator, SdkTracer, SdkTracerProvider, SpanExporter};
+
+use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
+use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
+use crate::layer::{ApmLayer, Shared};
+use crate::record::Recorder;
+use crate::trace::{ClientLayer, Sampler};
+
+/// The APM handle: build it once at start-up, add [`Apm::layer`] to the router,
+/// and call [`Apm::shutdown`] before exit. Cheap to clone.
+///
+/// ```
+/// # fn main() -> Result<(), tower_apm::ConfigError> {
+/// use axum::{Router, routing::get};
+///
+/// let apm = tower_apm::Apm::builder().service_name("checkout").build()?;
+/// let app: Router = Router::new()
+///     .route("/users/{id}", get(|| async { "hi" }))
+///     .layer(apm.layer());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Apm {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    pipeline: Option<Pipeline>,
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    flush_deadline: Duration,
+}
+
+/// Builds an [`Apm`]. Every setting has a default; the standard `OTEL_*`
+/// variables override the defaults, and explicit builder calls override both.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct ApmBuilder {
+    settings: Settings,
+    exporter: Option<Box<dyn DynSpanExporter>>,
+}
+
+impl Apm {
+    /// Starts a builder.
+    pub fn builder() -> ApmBuilder {
+        ApmBuilder::default()
+    }
+
+    /// The server layer: one span per request, context propagation, and the
+    /// request record every other signal reads.
+    pub fn layer(&self) -> ApmLayer {
+        ApmLayer {
+            shared: Arc::clone(&self.inner.shared),
+            route_fn: None,
+        }
+    }
+
+    /// The client layer for outgoing HTTP calls: a CLIENT span and injected
+    /// `traceparent`/`tracestate`/`baggage` headers.
+    pub fn client_layer(&self) -> ClientLayer {
+        ClientLayer {
+            shared: Arc::clone(&self.inner.shared),
+        }
+    }
+
+    /// An OpenTelemetry tracer whose spans go through the same queue and exporter
+    /// as the layer's, for use with `tracing-opentelemetry` or directly.
+    pub fn tracer(&self) -> SdkTracer {
+        self.inner.tracer.clone()
+    }
+
+    /// The tracer provider behind [`Apm::tracer`].
+    pub fn tracer_provider(&self) -> SdkTracerProvider {
+        self.inner.provider.clone()
+    }
+
+    /// A `tracing-opentelemetry` layer over [`Apm::tracer`]: add it to a
+    /// `tracing_subscriber::Registry` and `tracing` spans inside handlers become
+    /// children of the request's server span in the exported trace.
+    pub fn tracing_layer<S>(&self) -> tracing_opentelemetry::OpenTelemetryLayer<S, SdkTracer>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(self.tracer())
+    }
+
+    /// Installs a global `tracing` subscriber: human-readable lines on stdout
+    /// filtered by `RUST_LOG` (default `info`), plus [`Apm::tracing_layer`]; and
+    /// installs [`Apm::tracer_provider`] as the global OpenTelemetry provider.
+    ///
+    /// # Errors
+    /// `RUST_LOG` does not parse, or a global subscriber is already installed.
+    pub fn init_tracing(&self) -> Result<(), ConfigError> {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter = tracing_subscriber::EnvFilter::builder()
+            .with_default_directive(tracing::Level::INFO.into())
+            .from_env()
+            .map_err(|e| {
+                ConfigError::var(
+                    "RUST_LOG",
+                    &std::env::var("RUST_LOG").unwrap_or_default(),
+                    format!("a tracing filter such as `info,my_crate=debug` ({e})"),
+                )
+            })?;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer())
+            .with(self.tracing_layer())
+            .try_init()
+            .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
+        opentelemetry::global::set_tracer_provider(self.tracer_provider());
+        Ok(())
+    }
+
+    /// The export pipeline's counters: spans exported, spans dropped (queue full or
+    /// failed export), failed exports.
+    pub fn stats(&self) -> TelemetryStats {
+        self.inner.pipeline.as_ref().map(Pipeline::stats).unwrap_or_default()
+    }
+
+    /// Exports every span finished so far, waiting at most the export timeout
+    /// (`OTEL_BSP_EXPORT_TIMEOUT`, 30 s by default).
+    ///
+    /// # Errors
+    /// The exporter failed, or the deadline passed (the spans stay counted as dropped).
+    pub async fn force_flush(&self) -> Result<(), ExportError> {
+        self.force_flush_within(self.inner.flush_deadline).await
+    }
+
+    /// [`Apm::force_flush`] with an explicit deadline.
+    ///
+    /// # Errors
+    /// The exporter failed, or `deadline` passed.
+    pub async fn force_flush_within(&self, deadline: Duration) -> Result<(), ExportError> {
+        match &self.inner.pipeline {
+            Some(p) => p.flush(deadline).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and stops the export pipeline, waiting at most the export timeout.
+    /// A collector that is down or hangs cannot hold the caller past it.
+    ///
+    /// # Errors
+    /// The final export failed, or the deadline passed.
+    pub async fn shutdown(&self) -> Result<(), ExportError> {
+        self.shutdown_within(self.inner.flush_deadline).await
+    }
+
+    /// [`Apm::shutdown`] with an explicit deadline.
+    ///
+    /// # Errors
+    /// The final export failed, or `deadline` passed.
+    pub async fn shutdown_within(&self, deadline: Duration) -> Result<(), ExportError> {
+        match &self.inner.pipeline {
+            Some(p) => p.shutdown(deadline).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl ApmBuilder {
+    /// Reads `OTEL_*` variables from `vars` instead of the process environment
+    /// (for tests, or for configuration that comes from a file).
+    pub fn environment<K, V>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.settings.env = EnvSource::Map(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
+        self
+    }
+
+    /// `service.name` (else `OTEL_SERVICE_NAME`, else `unknown_service:<exe>`).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.settings.service_name = Some(name.into());
+        self
+    }
+
+    /// `service.version`.
+    pub fn service_version(mut self, version: impl Into<String>) -> Self {
+        self.settings.service_version = Some(version.into());
+        self
+    }
+
+    /// Adds a resource attribute (after those of `OTEL_RESOURCE_ATTRIBUTES`).
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.resource.push((key.into(), value.into()));
+        self
+    }
+
+    /// Turns all telemetry off (else `OTEL_SDK_DISABLED`): the layer passes
+    /// requests through untouched.
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.settings.disabled = Some(disabled);
+        self
+    }
+
+    /// The collector's OTLP endpoint, such as `http://localhost:4317` (else
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`). For
+    /// HTTP, `/v1/traces` is appended.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.settings.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The OTLP transport (else `OTEL_EXPORTER_OTLP_PROTOCOL`, default gRPC).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.settings.protocol = Some(protocol);
+        self
+    }
+
+    /// Adds a header (gRPC metadata) sent with every export, such as an API key.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The OTLP request timeout (else `OTEL_EXPORTER_OTLP_TIMEOUT`, default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = Some(timeout);
+        self
+    }
+
+    /// The head sampler (else `OTEL_TRACES_SAMPLER`, default parent-based always-on).
+    pub fn sampler(mut self, sampler: Sampler) -> Self {
+        self.settings.sampler = Some(sampler);
+        self
+    }
+
+    /// Sends spans to `exporter` instead of OTLP (for example an in-memory
+    /// exporter in tests, or another backend's SDK exporter). Batching, dropping
+    /// and counting stay the same.
+    pub fn span_exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
+        self.exporter = Some(Box::new(exporter));
+        self.settings.custom_exporter = true;
+        self
+    }
+
+    /// Validates the configuration and starts the export thread.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable or setting and the value to fix.
+    pub fn build(self) -> Result<Apm, ConfigError> {
+        let config = Config::resolve(&self.settings)?;
+        let spec = match (self.exporter, config.otlp.clone()) {
+            _ if config.disabled => None,
+            (Some(custom), _) => Some(ExporterSpec::Custom(custom)),
+            (None, Some(otlp)) => Some(ExporterSpec::Otlp(otlp)),
+            (None, None) => None,
+        };
+        let pipeline = spec
+            .map(|spec| Pipeline::start(spec, config.resource.clone(), config.batch))
+            .transpose()?;
+        let mut provider = SdkTracerProvider::builder()
+            .with_sampler(config.sampler.to_sdk())
+            .with_resource(config.resource.clone());
+        if let Some(p) = &pipeline {
+            provider = provider.with_span_processor(QueueProcessor {
+                queue: Arc::clone(&p.queue),
+            });
+        }
+        let provider = provider.build();
+        let tracer = provider.tracer_with_scope(
+            InstrumentationScope::builder("tower-apm")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        let shared = Arc::new(Shared {
+            disabled: config.disabled,
+            recorder: Recorder::new(pipeline.as_ref().map(|p| Arc::clone(&p.queue))),
+            sampler: config.sampler,
+            propagation: config.propagation,
+            ids: RandomIdGenerator::default(),
+        });
+        Ok(Apm {
+            inner: Arc::new(Inner {
+                shared,
+                pipeline,
+                provider,
+                tracer,
+                flush_deadline: config.batch.export_timeout,
+            }),
+        })
+    }
+}

@@ -1,0 +1,538 @@
+//! Resolved configuration: builder settings first, then the standard `OTEL_*`
+//! variables, then built-in defaults.
+//!
+//! Every variable is validated: a value that cannot be used is a [`ConfigError`]
+//! naming the variable and the value, never a panic and never silently ignored.
+
+mod env;
+mod error;
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+
+pub(crate) use env::EnvSource;
+pub use error::ConfigError;
+
+use crate::trace::Sampler;
+use env::parse_key_values;
+
+/// The OTLP transport, as `OTEL_EXPORTER_OTLP_PROTOCOL` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// OTLP over gRPC (`grpc`), default port 4317.
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (`http/protobuf`), default port 4318.
+    HttpProtobuf,
+}
+
+/// What the builder was told explicitly; these win over the environment.
+#[derive(Debug, Default)]
+pub(crate) struct Settings {
+    pub(crate) env: EnvSource,
+    pub(crate) service_name: Option<String>,
+    pub(crate) service_version: Option<String>,
+    pub(crate) resource: Vec<(String, String)>,
+    pub(crate) disabled: Option<bool>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) protocol: Option<Protocol>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) sampler: Option<Sampler>,
+    pub(crate) custom_exporter: bool,
+}
+
+/// Batch export settings (`OTEL_BSP_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchConfig {
+    pub(crate) schedule_delay: Duration,
+    pub(crate) export_timeout: Duration,
+    pub(crate) max_queue_size: usize,
+    pub(crate) max_export_batch_size: usize,
+}
+
+/// Where and how spans are sent over OTLP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OtlpConfig {
+    /// For gRPC the collector's base URL; for HTTP the full `/v1/traces` URL.
+    pub(crate) endpoint: String,
+    pub(crate) protocol: Protocol,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) timeout: Duration,
+}
+
+/// Which propagation formats are read from requests and written to outgoing calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Propagation {
+    pub(crate) tracecontext: bool,
+    pub(crate) baggage: bool,
+}
+
+/// The fully resolved configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) disabled: bool,
+    pub(crate) resource: Resource,
+    /// `None` when `OTEL_TRACES_EXPORTER=none` (and no custom exporter).
+    pub(crate) otlp: Option<OtlpConfig>,
+    pub(crate) sampler: Sampler,
+    pub(crate) batch: BatchConfig,
+    pub(crate) propagation: Propagation,
+}
+
+const SERVICE_NAME: &str = opentelemetry_semantic_conventions::resource::SERVICE_NAME;
+const SERVICE_VERSION: &str = opentelemetry_semantic_conventions::resource::SERVICE_VERSION;
+
+impl Config {
+    pub(crate) fn resolve(s: &Settings) -> Result<Config, ConfigError> {
+        let env = &s.env;
+        let disabled = match s.disabled {
+            Some(d) => d,
+            None => env.bool("OTEL_SDK_DISABLED")?.unwrap_or(false),
+        };
+        Ok(Config {
+            disabled,
+            resource: resource(s)?,
+            otlp: otlp(s)?,
+            sampler: sampler(s)?,
+            batch: batch(env)?,
+            propagation: propagation(env)?,
+        })
+    }
+}
+
+fn resource(s: &Settings) -> Result<Resource, ConfigError> {
+    let mut attrs: Vec<(String, String)> = Vec::new();
+    if let Some(raw) = s.env.get("OTEL_RESOURCE_ATTRIBUTES") {
+        attrs.extend(parse_key_values("OTEL_RESOURCE_ATTRIBUTES", &raw)?);
+    }
+    attrs.extend(s.resource.iter().cloned());
+    let service_name = s
+        .service_name
+        .clone()
+        .or_else(|| s.env.get("OTEL_SERVICE_NAME"))
+        .or_else(|| {
+            attrs
+                .iter()
+                .rev()
+                .find(|(k, _)| k == SERVICE_NAME)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap_or_else(default_service_name);
+    attrs.retain(|(k, _)| k != SERVICE_NAME);
+    if let Some(version) = &s.service_version {
+        attrs.retain(|(k, _)| k != SERVICE_VERSION);
+        attrs.push((SERVICE_VERSION.to_owned(), version.clone()));
+    }
+    let mut kvs: Vec<KeyValue> = vec![
+        KeyValue::new(SERVICE_NAME, service_name),
+        KeyValue::new(
+            opentelemetry_semantic_conventions::resource::TELEMETRY_SDK_NAME,
+            "tower-apm",
+        ),
+        KeyValue::new(
+            opentelemetry_semantic_conventions::resource::TELEMETRY_SDK_LANGUAGE,
+            "rust",
+        ),
+        KeyValue::new(
+            opentelemetry_semantic_conventions::resource::TELEMETRY_SDK_VERSION,
+            env!("CARGO_PKG_VERSION"),
+        ),
+    ];
+    kvs.extend(attrs.into_iter().map(|(k, v)| KeyValue::new(k, v)));
+    Ok(Resource::builder_empty().with_attributes(kvs).build())
+}
+
+/// `unknown_service:<executable>` as the resource semantic conventions advise.
+fn default_service_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|exe| format!("unknown_service:{exe}"))
+        .unwrap_or_else(|| "unknown_service".to_owned())
+}
+
+fn otlp(s: &Settings) -> Result<Option<OtlpConfig>, ConfigError> {
+    let env = &s.env;
+    if let Some(v) = env.get("OTEL_TRACES_EXPORTER") {
+        match v.as_str() {
+            "otlp" => {}
+            "none" => return Ok(None),
+            _ => {
+                return Err(ConfigError::var(
+                    "OTEL_TRACES_EXPORTER",
+                    &v,
+                    "`otlp` or `none` (other exporters are not built into tower-apm)",
+                ));
+            }
+        }
+    }
+    if s.custom_exporter {
+        return Ok(None);
+    }
+    let protocol = match s.protocol {
+        Some(p) => p,
+        None => match env.get_either("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+            None => Protocol::Grpc,
+            Some((_, v)) if v == "grpc" => Protocol::Grpc,
+            Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
+            Some((name, v)) => {
+                return Err(ConfigError::var(
+                    name,
+                    &v,
+                    "`grpc` or `http/protobuf` (`http/json` is not supported)",
+                ));
+            }
+        },
+    };
+    let endpoint = match &s.endpoint {
+        Some(e) => {
+            check_endpoint(e).map_err(|why| ConfigError::setting("endpoint", e, why))?;
+            signal_url(e, protocol)
+        }
+        None => {
+            if let Some(e) = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+                check_endpoint(&e).map_err(|why| ConfigError::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &e, why))?;
+                e // the signal-specific URL is used as it is
+            } else if let Some(e) = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                check_endpoint(&e).map_err(|why| ConfigError::var("OTEL_EXPORTER_OTLP_ENDPOINT", &e, why))?;
+                signal_url(&e, protocol)
+            } else {
+                match protocol {
+                    Protocol::Grpc => "http://localhost:4317".to_owned(),
+                    Protocol::HttpProtobuf => "http://localhost:4318/v1/traces".to_owned(),
+                }
+            }
+        }
+    };
+    let mut headers = match env.get_either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") {
+        Some((name, raw)) => {
+            let kv = parse_key_values(name, &raw)?;
+            for (k, v) in &kv {
+                if http::HeaderName::from_bytes(k.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err() {
+                    return Err(ConfigError::var(
+                        name,
+                        &raw,
+                        format!("valid HTTP header names and values (not {k:?})"),
+                    ));
+                }
+            }
+            kv
+        }
+        None => Vec::new(),
+    };
+    for (k, v) in &s.headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err() {
+            return Err(ConfigError::setting(
+                "header",
+                &format!("{k}: {v}"),
+                "a valid HTTP header name and value",
+            ));
+        }
+        headers.retain(|(existing, _)| !existing.eq_ignore_ascii_case(k));
+        headers.push((k.to_ascii_lowercase(), v.clone()));
+    }
+    let timeout = match s.timeout {
+        Some(t) => t,
+        None => match env.get_either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
+            Some((name, v)) => {
+                env::parse_millis(&v).ok_or_else(|| ConfigError::var(name, &v, "a whole number of milliseconds"))?
+            }
+            None => Duration::from_secs(10),
+        },
+    };
+    Ok(Some(OtlpConfig {
+        endpoint,
+        protocol,
+        headers,
+        timeout,
+    }))
+}
+
+/// Accepts `http://host[:port][/path]`; says what is wrong otherwise.
+fn check_endpoint(e: &str) -> Result<(), String> {
+    let uri: http::Uri = e
+        .parse()
+        .map_err(|_| "an absolute URL such as http://localhost:4317".to_owned())?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "an http:// URL: this build has no TLS; send to a local collector (or sidecar) over http".into(),
+            );
+        }
+        _ => return Err("an absolute URL starting with http://, such as http://localhost:4317".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("a URL with a host, such as http://localhost:4317".into());
+    }
+    Ok(())
+}
+
+/// The generic endpoint gets `/v1/traces` appended for HTTP; gRPC uses it as is.
+fn signal_url(base: &str, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Grpc => base.to_owned(),
+        Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+    }
+}
+
+fn sampler(s: &Settings) -> Result<Sampler, ConfigError> {
+    if let Some(sampler) = &s.sampler {
+        if let Sampler::TraceIdRatio(r) = sampler {
+            if !(0.0..=1.0).contains(r) {
+                return Err(ConfigError::setting(
+                    "sampler",
+                    &r.to_string(),
+                    "a ratio between 0.0 and 1.0",
+                ));
+            }
+        }
+        return Ok(sampler.clone());
+    }
+    let ratio = || -> Result<f64, ConfigError> {
+        match s.env.get("OTEL_TRACES_SAMPLER_ARG") {
+            None => Ok(1.0),
+            Some(v) => match v.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(ConfigError::var(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    &v,
+                    "a ratio between 0.0 and 1.0",
+                )),
+            },
+        }
+    };
+    let Some(name) = s.env.get("OTEL_TRACES_SAMPLER") else {
+        return Ok(Sampler::default());
+    };
+    let parent = |root| Sampler::ParentBased(Box::new(root));
+    Ok(match name.as_str() {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatio(ratio()?),
+        "parentbased_always_on" => parent(Sampler::AlwaysOn),
+        "parentbased_always_off" => parent(Sampler::AlwaysOff),
+        "parentbased_traceidratio" => parent(Sampler::TraceIdRatio(ratio()?)),
+        _ => {
+            return Err(ConfigError::var(
+                "OTEL_TRACES_SAMPLER",
+                &name,
+                "one of always_on, always_off, traceidratio, parentbased_always_on, \
+                 parentbased_always_off, parentbased_traceidratio",
+            ));
+        }
+    })
+}
+
+fn batch(env: &EnvSource) -> Result<BatchConfig, ConfigError> {
+    let b = BatchConfig {
+        schedule_delay: env
+            .millis("OTEL_BSP_SCHEDULE_DELAY")?
+            .unwrap_or(Duration::from_millis(5000)),
+        export_timeout: env
+            .millis("OTEL_BSP_EXPORT_TIMEOUT")?
+            .unwrap_or(Duration::from_millis(30_000)),
+        max_queue_size: env.positive("OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(2048),
+        max_export_batch_size: env.positive("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")?.unwrap_or(512),
+    };
+    if b.max_export_batch_size > b.max_queue_size {
+        return Err(ConfigError::var(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            &b.max_export_batch_size.to_string(),
+            format!("at most OTEL_BSP_MAX_QUEUE_SIZE ({})", b.max_queue_size),
+        ));
+    }
+    Ok(b)
+}
+
+fn propagation(env: &EnvSource) -> Result<Propagation, ConfigError> {
+    let Some(raw) = env.get("OTEL_PROPAGATORS") else {
+        return Ok(Propagation {
+            tracecontext: true,
+            baggage: true,
+        });
+    };
+    let mut p = Propagation {
+        tracecontext: false,
+        baggage: false,
+    };
+    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "tracecontext" => p.tracecontext = true,
+            "baggage" => p.baggage = true,
+            "none" => {}
+            _ => {
+                return Err(ConfigError::var(
+                    "OTEL_PROPAGATORS",
+                    &raw,
+                    format!(
+                        "a list of `tracecontext`, `baggage` or `none` ({name:?} is not supported: \
+                         no propagator crate of the same OpenTelemetry version provides it)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Settings {
+        Settings {
+            env: EnvSource::Map(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..Settings::default()
+        }
+    }
+
+    fn err(vars: &[(&str, &str)]) -> String {
+        Config::resolve(&settings(vars)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_grpc_to_localhost_parent_based_always_on() {
+        let c = Config::resolve(&settings(&[])).unwrap();
+        let otlp = c.otlp.unwrap();
+        assert_eq!(otlp.endpoint, "http://localhost:4317");
+        assert_eq!(otlp.protocol, Protocol::Grpc);
+        assert_eq!(otlp.timeout, Duration::from_secs(10));
+        assert_eq!(c.sampler, Sampler::default());
+        assert_eq!(c.batch.max_queue_size, 2048);
+        assert!(c.propagation.tracecontext && c.propagation.baggage);
+        assert!(!c.disabled);
+    }
+
+    #[test]
+    fn http_protobuf_appends_the_signal_path_to_the_generic_endpoint_only() {
+        let c = Config::resolve(&settings(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+        ]))
+        .unwrap();
+        assert_eq!(c.otlp.unwrap().endpoint, "http://collector:4318/v1/traces");
+        let c = Config::resolve(&settings(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4318/custom"),
+        ]))
+        .unwrap();
+        assert_eq!(c.otlp.unwrap().endpoint, "http://collector:4318/custom");
+    }
+
+    #[test]
+    fn traces_specific_variables_win_over_generic_ones() {
+        let c = Config::resolve(&settings(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "250"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "api-key=s%3Dcret"),
+        ]))
+        .unwrap();
+        let otlp = c.otlp.unwrap();
+        assert_eq!(otlp.timeout, Duration::from_millis(250));
+        assert_eq!(otlp.headers, vec![("api-key".to_owned(), "s=cret".to_owned())]);
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_the_value() {
+        for (var, value) in [
+            ("OTEL_SDK_DISABLED", "yes"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://x"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "a=%zz"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
+            ("OTEL_PROPAGATORS", "tracecontext,b3"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ] {
+            let msg = err(&[(var, value)]);
+            assert!(msg.contains(var) && msg.contains(value), "{var}={value}: {msg}");
+        }
+        let msg = err(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ]);
+        assert!(msg.contains("OTEL_TRACES_SAMPLER_ARG") && msg.contains("1.5"), "{msg}");
+        let msg = err(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20"),
+        ]);
+        assert!(msg.contains("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), "{msg}");
+    }
+
+    #[test]
+    fn every_sampler_name_is_understood() {
+        for (name, expected) in [
+            ("always_on", Sampler::AlwaysOn),
+            ("always_off", Sampler::AlwaysOff),
+            ("traceidratio", Sampler::TraceIdRatio(0.5)),
+            (
+                "parentbased_always_on",
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            ),
+            (
+                "parentbased_always_off",
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            ),
+            (
+                "parentbased_traceidratio",
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatio(0.5))),
+            ),
+        ] {
+            let c = Config::resolve(&settings(&[
+                ("OTEL_TRACES_SAMPLER", name),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+            ]))
+            .unwrap();
+            assert_eq!(c.sampler, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn builder_settings_win_over_the_environment() {
+        let mut s = settings(&[
+            ("OTEL_SERVICE_NAME", "from-env"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+        ]);
+        s.service_name = Some("from-code".into());
+        s.endpoint = Some("http://code:4317".into());
+        let c = Config::resolve(&s).unwrap();
+        assert_eq!(c.otlp.unwrap().endpoint, "http://code:4317");
+        let name = c
+            .resource
+            .get(&opentelemetry::Key::from_static_str(SERVICE_NAME))
+            .unwrap();
+        assert_eq!(name.as_str(), "from-code");
+    }
+
+    #[test]
+    fn resource_attributes_come_from_the_environment() {
+        let c = Config::resolve(&settings(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=prod,service.name=svc-a",
+        )]))
+        .unwrap();
+        let get = |k: &'static str| {
+            c.resource
+                .get(&opentelemetry::Key::from_static_str(k))
+                .map(|v| v.as_str().into_owned())
+        };
+        assert_eq!(get("deployment.environment.name").as_deref(), Some("prod"));
+        assert_eq!(get(SERVICE_NAME).as_deref(), Some("svc-a"));
+    }
+
+    #[test]
+    fn propagators_none_disables_both_formats() {
+        let c = Config::resolve(&settings(&[("OTEL_PROPAGATORS", "none")])).unwrap();
+        assert!(!c.propagation.tracecontext && !c.propagation.baggage);
+    }
+}

@@ -1,0 +1,99 @@
+//! Span export: a bounded queue filled by the request path, drained by one
+//! background thread that sends batches to OTLP (or a user-supplied exporter).
+
+mod exporter;
+mod processor;
+mod queue;
+mod stats;
+mod worker;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_sdk::Resource;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) use exporter::{DynSpanExporter, ExporterSpec};
+pub(crate) use processor::QueueProcessor;
+pub(crate) use queue::{Item, SpanQueue};
+pub use stats::TelemetryStats;
+
+use crate::config::{BatchConfig, ConfigError};
+
+/// Why a flush or shutdown did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// The exporter reported an error (collector down, refused, bad response).
+    Exporter(String),
+    /// The exporter did not answer within its deadline (`OTEL_BSP_EXPORT_TIMEOUT`).
+    Timeout(Duration),
+    /// The caller's deadline passed before the export thread finished.
+    Deadline(Duration),
+    /// The export thread is gone (already shut down).
+    Stopped,
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExportError::Exporter(e) => write!(f, "span export failed: {e}"),
+            ExportError::Timeout(d) => write!(f, "span export did not finish within {d:?}"),
+            ExportError::Deadline(d) => write!(f, "telemetry flush did not finish within its {d:?} deadline"),
+            ExportError::Stopped => write!(f, "the span export pipeline is already shut down"),
+        }
+    }
+}
+
+impl std::error::Error for ExportError {}
+
+/// The handle `Apm` keeps: the queue, the command channel and the thread.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    pub(crate) queue: Arc<SpanQueue>,
+    commands: mpsc::UnboundedSender<worker::Command>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Pipeline {
+    pub(crate) fn start(spec: ExporterSpec, resource: Resource, batch: BatchConfig) -> Result<Self, ConfigError> {
+        let queue = Arc::new(SpanQueue::new(batch.max_queue_size, batch.max_export_batch_size));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = worker::spawn(spec, resource, batch, Arc::clone(&queue), rx)?;
+        Ok(Pipeline {
+            queue,
+            commands: tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub(crate) fn stats(&self) -> TelemetryStats {
+        TelemetryStats::read(&self.queue.counters)
+    }
+
+    async fn command(
+        &self,
+        make: fn(oneshot::Sender<Result<(), ExportError>>) -> worker::Command,
+        deadline: Duration,
+    ) -> Result<(), ExportError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).map_err(|_| ExportError::Stopped)?;
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ExportError::Stopped),
+            Err(_) => Err(ExportError::Deadline(deadline)),
+        }
+    }
+
+    pub(crate) async fn flush(&self, deadline: Duration) -> Result<(), ExportError> {
+        self.command(worker::Command::Flush, deadline).await
+    }
+
+    pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), ExportError> {
+        // The thread is not joined: it has answered (or missed the deadline) and
+        // exits on its own; joining could wait on a stuck DNS lookup in its runtime.
+        self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.command(worker::Command::Shutdown, deadline).await
+    }
+}

@@ -1,0 +1,88 @@
+//! The bounded hand-off between the request path and the export thread.
+//!
+//! Written here rather than using the SDK's `BatchSpanProcessor` because (1) its
+//! dropped-span count is private, and this crate must show it; (2) it accepts only
+//! SDK spans, while the layer's spans are plain records turned into span data on
+//! the export thread; (3) it wakes its thread for every span, where this queue
+//! wakes the export thread once per full batch. A push is one uncontended lock and
+//! a `Vec::push`; when the queue is full the span is dropped and counted, never
+//! waited for.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use opentelemetry_sdk::trace::SpanData;
+use tokio::sync::Notify;
+
+use crate::record::{ClientRecord, RequestRecord};
+
+/// One span waiting for export.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// A server span, still as the layer's record.
+    Server(RequestRecord),
+    /// A client span, still as the client layer's record.
+    Client(ClientRecord),
+    /// A span finished through the SDK tracer (for example by `tracing-opentelemetry`).
+    Sdk(SpanData),
+}
+
+/// Counters shared by the queue and the export thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) exported: AtomicU64,
+    pub(crate) queue_full: AtomicU64,
+    pub(crate) export_failed: AtomicU64,
+    pub(crate) failed_exports: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct SpanQueue {
+    items: Mutex<Vec<Item>>,
+    capacity: usize,
+    batch: usize,
+    pub(crate) wake: Notify,
+    pub(crate) counters: Counters,
+}
+
+impl SpanQueue {
+    pub(crate) fn new(capacity: usize, batch: usize) -> Self {
+        SpanQueue {
+            items: Mutex::new(Vec::with_capacity(batch)),
+            capacity,
+            batch,
+            wake: Notify::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Queues a span; drops and counts it when the queue is full. Never blocks
+    /// beyond an uncontended lock.
+    pub(crate) fn push(&self, item: Item) {
+        let len = {
+            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            if items.len() >= self.capacity {
+                drop(items);
+                drop(item);
+                self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            items.push(item);
+            items.len()
+        };
+        if len == self.batch {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes everything queued so far.
+    pub(crate) fn take(&self) -> Vec<Item> {
+        let fresh = Vec::with_capacity(self.batch);
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *items, fresh)
+    }
+
+    pub(crate) fn batch_size(&self) -> usize {
+        self.batch
+    }
+}

@@ -1,0 +1,40 @@
+//! What the export pipeline has done, for operators and tests.
+
+use std::sync::atomic::Ordering;
+
+use super::queue::Counters;
+
+/// A snapshot of the span export pipeline's counters since start.
+///
+/// Spans that never reached the collector are in [`spans_dropped`](Self::spans_dropped):
+/// those refused because the queue was full (the collector is slower than the
+/// service) and those in batches the exporter failed to send (the collector is down
+/// or timed out). Telemetry never waits: it drops and counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TelemetryStats {
+    /// Spans the exporter accepted.
+    pub spans_exported: u64,
+    /// Spans dropped because the export queue was full.
+    pub spans_dropped_queue_full: u64,
+    /// Spans lost in batches the exporter failed to send.
+    pub spans_dropped_export_failed: u64,
+    /// Export attempts that failed or timed out.
+    pub export_failures: u64,
+}
+
+impl TelemetryStats {
+    /// All spans that never reached the collector.
+    pub fn spans_dropped(&self) -> u64 {
+        self.spans_dropped_queue_full + self.spans_dropped_export_failed
+    }
+
+    pub(crate) fn read(c: &Counters) -> Self {
+        TelemetryStats {
+            spans_exported: c.exported.load(Ordering::Relaxed),
+            spans_dropped_queue_full: c.queue_full.load(Ordering::Relaxed),
+            spans_dropped_export_failed: c.export_failed.load(Ordering::Relaxed),
+            export_failures: c.failed_exports.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The export thread: batches queued spans, turns records into span data and
+//! sends them, with a deadline on every export.
+//!
+//! It runs its own single-threaded tokio runtime, so export works the same under
+//! any runtime the application uses (current-thread included), and a shutdown
+//! called from the application's runtime can never deadlock on it. Its own
+//! `tracing` output is silenced (the exporter's HTTP and gRPC stacks would
+//! otherwise trace their own exports); its warnings go to the global subscriber.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use opentelemetry_sdk::Resource;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ExportError;
+use super::exporter::{DynSpanExporter, ExporterSpec};
+use super::queue::{Item, SpanQueue};
+use crate::config::{BatchConfig, ConfigError};
+use crate::trace::span::SpanBuilder;
+
+pub(crate) enum Command {
+    Flush(oneshot::Sender<Result<(), ExportError>>),
+    Shutdown(oneshot::Sender<Result<(), ExportError>>),
+}
+
+/// Starts the export thread and waits until its exporter exists (or failed).
+pub(crate) fn spawn(
+    spec: ExporterSpec,
+    resource: Resource,
+    batch: BatchConfig,
+    queue: Arc<SpanQueue>,
+    commands: mpsc::UnboundedReceiver<Command>,
+) -> Result<std::thread::JoinHandle<()>, ConfigError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), ConfigError>>(1);
+    let handle = std::thread::Builder::new()
+        .name("tower-apm-export".into())
+        .spawn(move || {
+            let _silence = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(ConfigError::Worker(e.to_string())));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut exporter = match spec.build() {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                exporter.set_resource_dyn(&resource);
+                let _ = ready_tx.send(Ok(()));
+                Worker {
+                    exporter,
+                    queue,
+                    batch,
+                    spans: SpanBuilder::default(),
+                    failing: false,
+                    warned_queue_full: false,
+                }
+                .run(commands)
+                .await;
+            });
+        })
+        .map_err(|e| ConfigError::Worker(e.to_string()))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ConfigError::Worker("the export thread exited while starting".into())),
+    }
+}
+
+struct Worker {
+    exporter: Box<dyn DynSpanExporter>,
+    queue: Arc<SpanQueue>,
+    batch: BatchConfig,
+    spans: SpanBuilder,
+    failing: bool,
+    warned_queue_full: bool,
+}
+
+impl Worker {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut tick = tokio::time::interval(self.batch.schedule_delay);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let queue = Arc::clone(&self.queue);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { let _ = self.export_queued().await; }
+                _ = queue.wake.notified() => { let _ = self.export_queued().await; }
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Flush(reply)) => {
+                        let r = self.export_queued().await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::Shutdown(reply)) => {
+                        let r = self.export_queued().await;
+                        let shut = self.exporter.shutdown_dyn(self.batch.export_timeout);
+                        let _ = reply.send(r.and(shut.map_err(|e| ExportError::Exporter(e.to_string()))));
+                        return;
+                    }
+                    None => {
+                        let _ = self.export_queued().await;
+                        let _ = self.exporter.shutdown_dyn(self.batch.export_timeout);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Exports everything queued, in batches of at most the configured size.
+    async fn export_queued(&mut self) -> Result<(), ExportError> {
+        let mut result = Ok(());
+        loop {
+            let items = self.queue.take();
+            if items.is_empty() {
+                break;
+            }
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                let batch: Vec<_> = items
+                    .by_ref()
+                    .take(self.queue.batch_size())
+                    .map(|item| match item {
+                        Item::Server(r) => self.spans.server_span(r),
+                        Item::Client(r) => self.spans.client_span(r),
+                        Item::Sdk(s) => s,
+                    })
+                    .collect();
+                if let Err(e) = self.export(batch).await {
+                    result = Err(e);
+                }
+            }
+        }
+        self.warn_queue_full();
+        result
+    }
+
+    async fn export(&mut self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> Result<(), ExportError> {
+        let n = batch.len() as u64;
+        let counters = &self.queue.counters;
+        let outcome = match tokio::time::timeout(self.batch.export_timeout, self.exporter.export_batch(batch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ExportError::Exporter(e.to_string())),
+            Err(_) => Err(ExportError::Timeout(self.batch.export_timeout)),
+        };
+        match &outcome {
+            Ok(()) => {
+                counters.exported.fetch_add(n, Ordering::Relaxed);
+                if self.failing {
+                    self.failing = false;
+                    report(|| tracing::info!(target: "tower_apm", "span export recovered"));
+                }
+            }
+            Err(e) => {
+                counters.export_failed.fetch_add(n, Ordering::Relaxed);
+                counters.failed_exports.fetch_add(1, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    let msg = e.to_string();
+                    report(move || {
+                        tracing::warn!(
+                            target: "tower_apm",
+                            error = %msg,
+                            "span export failed; dropping spans until the collector answers \
+                             (counted in Apm::stats, no further warning until it recovers)"
+                        )
+                    });
+                }
+            }
+        }
+        outcome
+    }
+
+    fn warn_queue_full(&mut self) {
+        if !self.warned_queue_full && self.queue.counters.queue_full.load(Ordering::Relaxed) > 0 {
+            self.warned_queue_full = true;
+            report(|| {
+                tracing::warn!(
+                    target: "tower_apm",
+                    "span export queue is full; dropping new spans (counted in Apm::stats, \
+                     warned once; raise OTEL_BSP_MAX_QUEUE_SIZE or check the collector)"
+                )
+            });
+        }
+    }
+}
+
+/// Emits a rare warning to the application's global subscriber: this thread's own
+/// default is silenced, so the event is sent from a short-lived thread.
+fn report(f: impl FnOnce() + Send) {
+    std::thread::scope(|s| {
+        let _ = std::thread::Builder::new().spawn_scoped(s, f);
+    });
+}

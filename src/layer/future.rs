@@ -1,0 +1,133 @@
+//! The response future: runs the handler inside the server span's context and
+//! turns a panic into a 500 response.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Response, StatusCode};
+use pin_project_lite::pin_project;
+
+use super::body::ResponseBody;
+use super::in_flight::InFlight;
+
+pin_project! {
+    /// The future returned by [`ApmService`](super::ApmService).
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        cx: Option<opentelemetry::Context>,
+        state: Option<InFlight>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before the response existed: the client went away or a
+            // timeout layer gave up. The request still ends in one record.
+            if let Some(state) = this.project().state.take() {
+                let mut state = state;
+                state.record.error_type.get_or_insert("cancelled");
+                state.finish();
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, cx: opentelemetry::Context, state: InFlight) -> Self {
+        ResponseFuture {
+            inner: Some(inner),
+            cx: Some(cx),
+            state: Some(state),
+        }
+    }
+
+    pub(crate) fn passthrough(inner: F) -> Self {
+        ResponseFuture {
+            inner: Some(inner),
+            cx: None,
+            state: None,
+        }
+    }
+
+    pub(crate) fn panicked(cx: opentelemetry::Context, mut state: InFlight, panic: Box<dyn Any + Send>) -> Self {
+        state.record.panic = Some(panic_message(panic.as_ref()));
+        ResponseFuture {
+            inner: None,
+            cx: Some(cx),
+            state: Some(state),
+        }
+    }
+}
+
+/// The panic's message when it is a string, as `std` prints it.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+fn internal_error<B>(state: Option<InFlight>) -> Response<ResponseBody<B>> {
+    let mut state = state;
+    if let Some(s) = state.as_mut() {
+        s.record.error_type = Some("panic");
+        s.set_status(500);
+    }
+    let mut res = Response::new(ResponseBody::empty(state));
+    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    res
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(Ok(internal_error(this.state.take())));
+        };
+        let polled = {
+            let _guard = this.cx.as_ref().map(|c| c.clone().attach());
+            catch_unwind(AssertUnwindSafe(|| inner.poll(cx)))
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(res))) => {
+                let mut state = this.state.take();
+                if let Some(s) = state.as_mut() {
+                    s.set_status(res.status().as_u16());
+                }
+                Poll::Ready(Ok(res.map(|body| ResponseBody::new(body, state))))
+            }
+            Ok(Poll::Ready(Err(e))) => {
+                if let Some(mut s) = this.state.take() {
+                    s.record.error_type.get_or_insert("_OTHER");
+                    s.finish();
+                }
+                Poll::Ready(Err(e))
+            }
+            Err(panic) => {
+                this.inner.set(None);
+                if let Some(s) = this.state.as_mut() {
+                    s.record.panic = Some(panic_message(panic.as_ref()));
+                }
+                Poll::Ready(Ok(internal_error(this.state.take())))
+            }
+        }
+    }
+}

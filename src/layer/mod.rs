@@ -1,0 +1,102 @@
+//! The request path: the `tower::Layer` users add, the service it wraps, the
+//! response future and the response body that ends each request's record.
+//!
+//! Nothing here knows about exporters or any other sink: the layer fills one
+//! [`RequestRecord`](crate::record::RequestRecord) per request and hands it to the
+//! recorder when the response body ends, or when the request is dropped.
+//!
+//! When each part runs:
+//! - [`ApmService::call`]: extract `traceparent`/`tracestate`/`baggage`, decide
+//!   sampling, make the server span's context current while the inner service's
+//!   `call` runs.
+//! - [`ResponseFuture`]: the context is current during every poll of the handler;
+//!   a panic becomes a 500 response.
+//! - [`ResponseBody`]: counts bytes; the record ends when the body ends (or is
+//!   dropped, for example when the client goes away).
+
+mod body;
+mod future;
+pub(crate) mod in_flight;
+mod service;
+
+use std::sync::Arc;
+
+use http::{Method, Uri};
+use opentelemetry_sdk::trace::RandomIdGenerator;
+
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use service::ApmService;
+
+use crate::config::Propagation;
+use crate::record::Recorder;
+use crate::trace::Sampler;
+
+/// What every request of one `Apm` shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) disabled: bool,
+    pub(crate) recorder: Recorder,
+    pub(crate) sampler: Sampler,
+    pub(crate) propagation: Propagation,
+    pub(crate) ids: RandomIdGenerator,
+}
+
+type RouteFn = Arc<dyn Fn(&Method, &Uri) -> Option<&'static str> + Send + Sync>;
+
+/// The `tower::Layer` that records every request: add it once with
+/// `Router::layer(apm.layer())` (or around any `tower::Service` that takes
+/// `http::Request`s). Made by [`Apm::layer`](crate::Apm::layer).
+///
+/// The route template (`http.route`, and the span name `{method} {route}`) comes
+/// from axum's `MatchedPath`, which axum provides to layers added with
+/// `Router::layer` or `Router::route_layer`. Around a plain hyper service, give a
+/// route function with [`ApmLayer::route_with`]. Without a route the span is named
+/// by the method alone: a raw path never becomes a span name.
+#[derive(Clone)]
+pub struct ApmLayer {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) route_fn: Option<RouteFn>,
+}
+
+impl std::fmt::Debug for ApmLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApmLayer")
+            .field("shared", &self.shared)
+            .field("route_fn", &self.route_fn.is_some())
+            .finish()
+    }
+}
+
+impl ApmLayer {
+    /// Sets the function that maps a request to its route template, for services
+    /// without axum's router. It must return a template (`"/users/{id}"`), never the
+    /// raw path, and `None` when no route matches.
+    ///
+    /// ```
+    /// # fn demo(apm: &tower_apm::Apm) {
+    /// let layer = apm.layer().route_with(|_method, uri| {
+    ///     if uri.path().starts_with("/users/") { Some("/users/{id}") } else { None }
+    /// });
+    /// # }
+    /// ```
+    pub fn route_with<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Method, &Uri) -> Option<&'static str> + Send + Sync + 'static,
+    {
+        self.route_fn = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for ApmLayer {
+    type Service = ApmService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApmService {
+            inner,
+            shared: Arc::clone(&self.shared),
+            route_fn: self.route_fn.clone(),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! # tower-apm
+//!
+//! One `tower` layer that gives an axum or hyper service OpenTelemetry traces:
+//! a server span per request named and attributed by the stable HTTP semantic
+//! conventions, W3C `traceparent`/`tracestate`/`baggage` propagation in and out,
+//! and OTLP export (gRPC or HTTP/protobuf) that never slows or breaks a request.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // OTEL_* variables apply: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, ...
+//!     let apm = tower_apm::Apm::builder().service_name("checkout").build()?;
+//!     apm.init_tracing()?; // optional: log lines + `tracing` spans as child spans
+//!
+//!     let app = Router::new()
+//!         .route("/users/{id}", get(|| async { "hello" }))
+//!         .layer(apm.layer());
+//!
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+//!     apm.shutdown().await?; // flush, bounded by OTEL_BSP_EXPORT_TIMEOUT
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Serving with `into_make_service_with_connect_info` gives the span its
+//! `client.address`; everything else needs nothing more.
+//!
+//! ## Tracing
+//!
+//! Each request becomes one SERVER span, named `{method} {route}` (`GET /users/{id}`,
+//! or just `GET` when no route matched: a raw path is never a span name), with
+//! `http.request.method`, `url.path`, `url.query` (sensitive values redacted),
+//! `url.scheme`, `http.route`, `http.response.status_code`,
+//! `network.protocol.version`, `server.address`, `server.port`, `client.address`,
+//! `user_agent.original` and `error.type`. Its status is Error only for 5xx. The
+//! span ends when the response body has been sent, not when the handler returns.
+//!
+//! While the handler runs, the span's context is the current OpenTelemetry
+//! context, so:
+//! - `tracing` spans (and `#[tracing::instrument]` functions) become its children
+//!   when the subscriber includes [`Apm::tracing_layer`];
+//! - [`Apm::client_layer`] on an outgoing HTTP client makes a CLIENT span under it
+//!   and sends `traceparent`, so the next service continues the same trace.
+//!
+//! Work spawned with `tokio::spawn` does not inherit a context by itself: wrap the
+//! future with `opentelemetry::context::FutureExt::with_current_context` (or
+//! `tracing::Instrument::in_current_span`).
+//!
+//! A panicking handler becomes a 500 response with an `exception` event on the
+//! span and `error.type = "panic"`; the service keeps serving.
+//!
+//! ## Propagation
+//!
+//! `traceparent` is validated as the W3C specification asks: a malformed header
+//! (wrong length, version `ff`, all-zero ids, non-hex or uppercase hex, two
+//! headers) starts a new root trace and is never passed on. `tracestate` with more
+//! than 32 members, a duplicated key or a malformed member is dropped.
+//! `OTEL_PROPAGATORS` selects `tracecontext`, `baggage` (the default is both) or
+//! `none`.
+//!
+//! ## Export
+//!
+//! Finished spans go into a bounded queue (`OTEL_BSP_MAX_QUEUE_SIZE`) drained by
+//! one background thread in batches. When the collector is down, slow or never
+//! answers, the request path does not wait: spans are dropped and counted
+//! ([`Apm::stats`]), with one warning when it starts and one when it recovers.
+//!
+//! ## Configuration
+//!
+//! | variable | default |
+//! |---|---|
+//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | `unknown_service:<exe>` |
+//! | `OTEL_SDK_DISABLED` | `false` |
+//! | `OTEL_TRACES_EXPORTER` | `otlp` (or `none`) |
+//! | `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` | `http://localhost:4317` (gRPC), `http://localhost:4318/v1/traces` (HTTP) |
+//! | `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` | `grpc` (or `http/protobuf`) |
+//! | `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS` | none |
+//! | `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT` | `10000` ms |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` |
+//! | `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | `5000`, `30000` ms |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | `2048`, `512` |
+//! | `OTEL_PROPAGATORS` | `tracecontext,baggage` |
+//!
+//! Explicit builder calls win over the variables; the variables win over the
+//! defaults. An invalid value is a [`ConfigError`] that names the variable and the
+//! value.
+//!
+//! ## Layout
+//!
+//! - [`Apm`] / [`ApmBuilder`]: the handle and its configuration.
+//! - [`ApmLayer`]: the server layer ([`ApmService`], [`ResponseFuture`], [`ResponseBody`]).
+//! - [`ClientLayer`]: the client layer for outgoing calls.
+//! - [`Sampler`], [`Protocol`], [`TelemetryStats`], [`ConfigError`], [`ExportError`].
+//!
+//! ## Cargo features
+//!
+//! - `interop`: tests against real servers (a real OpenTelemetry collector, the
+//!   W3C trace-context suite); `.ci/run` installs them.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod apm;
+mod config;
+mod export;
+mod layer;
+mod record;
+mod redact;
+mod trace;
+
+pub use apm::{Apm, ApmBuilder};
+pub use config::{ConfigError, Protocol};
+pub use export::{ExportError, TelemetryStats};
+pub use layer::{ApmLayer, ApmService, ResponseBody, ResponseFuture};
+pub use trace::{ClientFuture, ClientLayer, ClientService, Sampler};

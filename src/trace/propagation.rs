@@ -1,0 +1,383 @@
+//! W3C Trace Context (`traceparent`, `tracestate`) and W3C Baggage, read from
+//! requests and written to outgoing calls.
+//!
+//! `traceparent` is parsed by hand, straight from the header bytes: the SDK's
+//! `TraceContextPropagator` splits the header into a `Vec` of owned parts and costs
+//! about 3,500 instructions per request (`shared/BENCHMARKING.md`), over this
+//! crate's budget of 1,000 for an incoming `traceparent`. Baggage, which is rare on
+//! the hot path, goes through the SDK's `BaggagePropagator`.
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::Context;
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry_sdk::propagation::BaggagePropagator;
+
+use crate::config::Propagation;
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+const BAGGAGE: &str = "baggage";
+/// The W3C limit on `tracestate` list members.
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// What a request carried: the remote parent (if a valid `traceparent` came) and a
+/// context holding the incoming baggage (empty when none came).
+pub(crate) struct Extracted {
+    pub(crate) parent: Option<SpanContext>,
+    pub(crate) cx: Context,
+}
+
+/// Reads the propagation headers the configuration enables.
+pub(crate) fn extract(headers: &HeaderMap, p: Propagation) -> Extracted {
+    let parent = if p.tracecontext {
+        extract_trace_context(headers)
+    } else {
+        None
+    };
+    let cx = if p.baggage && headers.contains_key(BAGGAGE) {
+        BaggagePropagator::new().extract(&HeaderExtractor(headers))
+    } else {
+        Context::new()
+    };
+    Extracted { parent, cx }
+}
+
+/// Writes `traceparent`/`tracestate` for `span` and the baggage of `cx`.
+pub(crate) fn inject(span: &SpanContext, cx: &Context, headers: &mut HeaderMap, p: Propagation) {
+    if p.tracecontext && span.is_valid() {
+        headers.insert(TRACEPARENT, format_traceparent(span));
+        let state = span.trace_state().header();
+        if !state.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&state) {
+                headers.insert(TRACESTATE, v);
+            }
+        } else {
+            headers.remove(TRACESTATE);
+        }
+    }
+    if p.baggage && cx.baggage().len() > 0 {
+        BaggagePropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    }
+}
+
+fn extract_trace_context(headers: &HeaderMap) -> Option<SpanContext> {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None; // two traceparent headers: ambiguous, start a new trace
+    }
+    let (trace_id, span_id, flags) = parse_traceparent(first.as_bytes())?;
+    let state = if headers.contains_key(TRACESTATE) {
+        parse_tracestate(headers.get_all(TRACESTATE).iter()).unwrap_or_default()
+    } else {
+        TraceState::NONE
+    };
+    Some(SpanContext::new(trace_id, span_id, flags, true, state))
+}
+
+/// Parses a `traceparent` value. Returns `None` for anything the W3C
+/// specification says to reject: wrong length, version `ff`, all-zero ids,
+/// non-hex or uppercase hex, missing dashes.
+pub(crate) fn parse_traceparent(raw: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let v = trim_ows(raw);
+    if v.len() < 55 {
+        return None;
+    }
+    let version = hex_u8(&v[0..2])?;
+    if version == 0xff {
+        return None;
+    }
+    if version == 0 && v.len() != 55 {
+        return None;
+    }
+    // A future version may append fields, but only after another dash.
+    if v.len() > 55 && v[55] != b'-' {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace = hex_u128(&v[3..35])?;
+    let span = hex_u64(&v[36..52])?;
+    let flags = hex_u8(&v[53..55])?;
+    if trace == 0 || span == 0 {
+        return None;
+    }
+    // Version 00 defines only the sampled bit for us to keep.
+    Some((TraceId::from(trace), SpanId::from(span), TraceFlags::new(flags & 0x01)))
+}
+
+/// Formats `00-<trace-id>-<span-id>-<flags>` without going through `fmt`.
+pub(crate) fn format_traceparent(span: &SpanContext) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 55];
+    buf[..3].copy_from_slice(b"00-");
+    let trace = span.trace_id().to_bytes();
+    for (i, b) in trace.iter().enumerate() {
+        buf[3 + 2 * i] = HEX[(b >> 4) as usize];
+        buf[4 + 2 * i] = HEX[(b & 0xf) as usize];
+    }
+    buf[35] = b'-';
+    let sid = span.span_id().to_bytes();
+    for (i, b) in sid.iter().enumerate() {
+        buf[36 + 2 * i] = HEX[(b >> 4) as usize];
+        buf[37 + 2 * i] = HEX[(b & 0xf) as usize];
+    }
+    buf[52] = b'-';
+    let flags = span.trace_flags().to_u8() & 0x01;
+    buf[53] = b'0';
+    buf[54] = HEX[flags as usize];
+    HeaderValue::from_bytes(&buf).expect("traceparent is ASCII hex and dashes")
+}
+
+/// Parses `tracestate` (all header lines, joined as a list). `None` — discard the
+/// whole header — when a member is malformed, a key repeats, or there are more than
+/// 32 members, as the W3C specification asks.
+pub(crate) fn parse_tracestate<'a>(lines: impl Iterator<Item = &'a HeaderValue>) -> Option<TraceState> {
+    let mut members: Vec<(&str, &str)> = Vec::new();
+    for line in lines {
+        let line = line.to_str().ok()?;
+        for member in line.split(',') {
+            let member = member.trim_matches([' ', '\t']);
+            if member.is_empty() {
+                continue;
+            }
+            let (key, value) = member.split_once('=')?;
+            if !valid_key(key) || !valid_value(value) {
+                return None;
+            }
+            if members.iter().any(|(k, _)| *k == key) {
+                return None;
+            }
+            members.push((key, value));
+            if members.len() > MAX_TRACESTATE_MEMBERS {
+                return None;
+            }
+        }
+    }
+    TraceState::from_key_value(members).ok()
+}
+
+fn key_char(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+}
+
+fn valid_key(key: &str) -> bool {
+    let k = key.as_bytes();
+    match key.split_once('@') {
+        None => !k.is_empty() && k.len() <= 256 && k[0].is_ascii_lowercase() && k.iter().all(|&b| key_char(b)),
+        Some((tenant, system)) => {
+            let (t, s) = (tenant.as_bytes(), system.as_bytes());
+            !t.is_empty()
+                && t.len() <= 241
+                && (t[0].is_ascii_lowercase() || t[0].is_ascii_digit())
+                && t.iter().all(|&b| key_char(b))
+                && !s.is_empty()
+                && s.len() <= 14
+                && s[0].is_ascii_lowercase()
+                && s.iter().all(|&b| key_char(b))
+        }
+    }
+}
+
+fn valid_value(value: &str) -> bool {
+    let v = value.as_bytes();
+    !v.is_empty()
+        && v.len() <= 256
+        && v.iter().all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+        && v[v.len() - 1] != b' '
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+#[inline]
+fn nibble(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None, // uppercase hex is invalid in traceparent
+    }
+}
+
+fn hex_u8(s: &[u8]) -> Option<u8> {
+    Some(nibble(s[0])? << 4 | nibble(s[1])?)
+}
+
+fn hex_u64(s: &[u8]) -> Option<u64> {
+    s.iter()
+        .try_fold(0u64, |acc, &b| Some(acc << 4 | u64::from(nibble(b)?)))
+}
+
+fn hex_u128(s: &[u8]) -> Option<u128> {
+    s.iter()
+        .try_fold(0u128, |acc, &b| Some(acc << 4 | u128::from(nibble(b)?)))
+}
+
+/// Lets the SDK's propagators read an `http::HeaderMap`.
+pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Lets the SDK's propagators write an `http::HeaderMap`.
+pub(crate) struct HeaderInjector<'a>(pub(crate) &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn parse(s: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
+        parse_traceparent(s.as_bytes())
+    }
+
+    #[test]
+    fn valid_traceparent_is_parsed() {
+        let (t, s, f) = parse(VALID).unwrap();
+        assert_eq!(t, TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap());
+        assert_eq!(s, SpanId::from_hex("00f067aa0ba902b7").unwrap());
+        assert!(f.is_sampled());
+    }
+
+    #[test]
+    fn malformed_traceparents_are_rejected() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0", // short
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", // version 00 too long
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero span id
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // uppercase
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01", // non-hex
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // wrong delimiter
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // non-hex version
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", // future version, no dash
+        ] {
+            assert!(parse(bad).is_none(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn future_version_with_more_fields_is_read_as_version_00() {
+        let v = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds";
+        assert!(parse(v).is_some());
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_ignored() {
+        assert!(parse(&format!(" \t{VALID} ")).is_some());
+    }
+
+    #[test]
+    fn formatted_traceparent_parses_back() {
+        let sc = SpanContext::new(
+            TraceId::from(0xabcdefu128),
+            SpanId::from(0x1234u64),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        let v = format_traceparent(&sc);
+        assert_eq!(v, "00-00000000000000000000000000abcdef-0000000000001234-01");
+        let (t, s, f) = parse_traceparent(v.as_bytes()).unwrap();
+        assert_eq!((t, s, f), (sc.trace_id(), sc.span_id(), sc.trace_flags()));
+    }
+
+    fn ts(lines: &[&str]) -> Option<TraceState> {
+        let values: Vec<HeaderValue> = lines.iter().map(|l| HeaderValue::from_str(l).unwrap()).collect();
+        parse_tracestate(values.iter())
+    }
+
+    #[test]
+    fn tracestate_lines_are_joined_and_empty_members_skipped() {
+        let state = ts(&["foo=1, ,bar@baz=2", "qux=3"]).unwrap();
+        assert_eq!(state.header(), "foo=1,bar@baz=2,qux=3");
+    }
+
+    #[test]
+    fn tracestate_over_32_members_or_with_duplicates_is_discarded() {
+        let ok: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
+        assert!(ts(&[&ok.join(",")]).is_some());
+        let too_many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert!(ts(&[&too_many.join(",")]).is_none());
+        assert!(ts(&["a=1,a=2"]).is_none());
+    }
+
+    #[test]
+    fn tracestate_with_bad_keys_or_values_is_discarded() {
+        for bad in [
+            "A=1",
+            "a=",
+            "a",
+            "a=b\tc",
+            "a=\u{7f}",
+            "@a=1",
+            "a@=1",
+            "a@b123456789012345=1",
+        ] {
+            let parsed = HeaderValue::from_str(bad)
+                .ok()
+                .and_then(|v| parse_tracestate(std::iter::once(&v)));
+            assert!(parsed.is_none(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn baggage_round_trips_through_extract_and_inject() {
+        let mut headers = HeaderMap::new();
+        headers.insert(BAGGAGE, HeaderValue::from_static("user.id=42,tenant=acme%20corp"));
+        let p = Propagation {
+            tracecontext: true,
+            baggage: true,
+        };
+        let ex = extract(&headers, p);
+        assert_eq!(
+            ex.cx.baggage().get("tenant").map(|v| v.as_str().to_owned()).as_deref(),
+            Some("acme corp")
+        );
+        let mut out = HeaderMap::new();
+        inject(&SpanContext::empty_context(), &ex.cx, &mut out, p);
+        let written = out.get(BAGGAGE).unwrap().to_str().unwrap();
+        assert!(
+            written.contains("user.id=42") && written.contains("tenant=acme%20corp"),
+            "{written}"
+        );
+    }
+
+    #[test]
+    fn duplicate_traceparent_headers_start_a_new_trace() {
+        let mut headers = HeaderMap::new();
+        headers.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        headers.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        assert!(extract_trace_context(&headers).is_none());
+    }
+}

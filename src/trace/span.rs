@@ -1,0 +1,299 @@
+//! Turns finished records into OpenTelemetry spans, named and attributed by the
+//! stable HTTP semantic conventions.
+//!
+//! This runs on the export thread, never on the request path: the request path
+//! only fills a record, and the attribute list, the redacted query and the span
+//! name are built here, once per exported span.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{Method, Version};
+use opentelemetry::trace::{Event, SpanKind, Status};
+use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use opentelemetry_semantic_conventions::attribute as semconv;
+
+use crate::record::{ClientRecord, RequestRecord, Route};
+use crate::redact::redact_query;
+
+/// Caps the span-name cache; routes are few, but a misconfigured route function
+/// must not grow memory without bound.
+const MAX_CACHED_NAMES: usize = 1024;
+
+/// Builds span data; keeps the per-route span names so each is formatted once.
+#[derive(Debug)]
+pub(crate) struct SpanBuilder {
+    scope: InstrumentationScope,
+    /// Route template to its shared attribute value and the span names already
+    /// made for it, one per method.
+    routes: HashMap<Box<str>, CachedRoute>,
+}
+
+impl Default for SpanBuilder {
+    fn default() -> Self {
+        SpanBuilder {
+            scope: InstrumentationScope::builder("tower-apm")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
+                .build(),
+            routes: HashMap::new(),
+        }
+    }
+}
+
+/// The method as the semantic conventions name it: known methods as they are,
+/// anything else `_OTHER`.
+pub(crate) fn method_name(m: &Method) -> Option<&'static str> {
+    Some(match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return None,
+    })
+}
+
+pub(crate) fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_11 => "1.1",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "_OTHER",
+    }
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) as sent in `Host` or the URI authority.
+pub(crate) fn split_host_port(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+        _ => (authority, None),
+    }
+}
+
+fn method_attrs(method: &Method, attrs: &mut Vec<KeyValue>) -> &'static str {
+    match method_name(method) {
+        Some(name) => {
+            attrs.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, name));
+            name
+        }
+        None => {
+            attrs.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, "_OTHER"));
+            attrs.push(KeyValue::new(
+                semconv::HTTP_REQUEST_METHOD_ORIGINAL,
+                method.as_str().to_owned(),
+            ));
+            "HTTP"
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CachedRoute {
+    value: Arc<str>,
+    names: Vec<(&'static str, Cow<'static, str>)>,
+}
+
+impl SpanBuilder {
+    /// The span name and the `http.route` value; each route's are made once.
+    fn route_info(&mut self, method: &'static str, route: Option<&Route>) -> (Cow<'static, str>, Option<Value>) {
+        let Some(route) = route else {
+            return (Cow::Borrowed(method), None);
+        };
+        let template = route.as_str();
+        if let Some(cached) = self.routes.get(template) {
+            if let Some((_, name)) = cached.names.iter().find(|(m, _)| *m == method) {
+                return (
+                    name.clone(),
+                    Some(Value::String(StringValue::from(Arc::clone(&cached.value)))),
+                );
+            }
+        }
+        let name: Cow<'static, str> = Cow::Owned(format!("{method} {template}"));
+        let value: Arc<str> = Arc::from(template);
+        if self.routes.len() < MAX_CACHED_NAMES || self.routes.contains_key(template) {
+            // A cached name costs one small copy per span instead of a `format!`.
+            let cached = self.routes.entry(template.into()).or_insert_with(|| CachedRoute {
+                value: Arc::clone(&value),
+                names: Vec::new(),
+            });
+            cached.names.push((method, name.clone()));
+        }
+        (name, Some(Value::String(StringValue::from(value))))
+    }
+
+    /// The SERVER span for one request.
+    pub(crate) fn server_span(&mut self, r: RequestRecord) -> SpanData {
+        let mut attrs = Vec::with_capacity(14);
+        let method = method_attrs(&r.method, &mut attrs);
+        attrs.push(KeyValue::new(semconv::URL_PATH, r.uri.path().to_owned()));
+        if let Some(q) = r.uri.query() {
+            attrs.push(KeyValue::new(semconv::URL_QUERY, redact_query(q)));
+        }
+        attrs.push(KeyValue::new(
+            semconv::URL_SCHEME,
+            r.uri.scheme_str().unwrap_or("http").to_owned(),
+        ));
+        let (name, route) = self.route_info(method, r.route.as_ref());
+        if let Some(route) = route {
+            attrs.push(KeyValue::new(semconv::HTTP_ROUTE, route));
+        }
+        if let Some(status) = r.status {
+            attrs.push(KeyValue::new(semconv::HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+        }
+        attrs.push(KeyValue::new(
+            semconv::NETWORK_PROTOCOL_VERSION,
+            protocol_version(r.version),
+        ));
+        let authority = r
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| r.host.as_ref().and_then(|h| h.to_str().ok()));
+        if let Some(authority) = authority {
+            let (host, port) = split_host_port(authority);
+            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
+            if let Some(port) = port {
+                attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            }
+        }
+        if let Some(client) = r.client {
+            attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, client.ip().to_string()));
+            attrs.push(KeyValue::new(semconv::CLIENT_PORT, i64::from(client.port())));
+        }
+        if let Some(ua) = r.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+            attrs.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.to_owned()));
+        }
+        if let Some(e) = r.error_type {
+            attrs.push(KeyValue::new(semconv::ERROR_TYPE, e));
+        }
+        let end_time = r.start + r.duration;
+        let mut events = SpanEvents::default();
+        let status = match (&r.panic, r.status) {
+            (Some(msg), _) => {
+                events.events.push(Event::new(
+                    "exception",
+                    end_time,
+                    vec![
+                        KeyValue::new(semconv::EXCEPTION_TYPE, "panic"),
+                        KeyValue::new(semconv::EXCEPTION_MESSAGE, msg.clone()),
+                    ],
+                    0,
+                ));
+                Status::error(msg.clone())
+            }
+            (None, Some(s)) if s >= 500 => Status::error(""),
+            _ => Status::Unset,
+        };
+        SpanData {
+            span_context: r.span,
+            parent_span_id: r.parent_span_id,
+            parent_span_is_remote: r.parent_is_remote,
+            span_kind: SpanKind::Server,
+            name,
+            start_time: r.start,
+            end_time,
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+
+    /// The CLIENT span for one outgoing call.
+    pub(crate) fn client_span(&mut self, r: ClientRecord) -> SpanData {
+        let mut attrs = Vec::with_capacity(8);
+        let method = method_attrs(&r.method, &mut attrs);
+        if let Some(host) = r.uri.host() {
+            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
+        }
+        let port = r.uri.port_u16().or(match r.uri.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        });
+        if let Some(port) = port {
+            attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+        }
+        attrs.push(KeyValue::new(semconv::URL_FULL, full_url(&r.uri)));
+        attrs.push(KeyValue::new(
+            semconv::NETWORK_PROTOCOL_VERSION,
+            protocol_version(r.version),
+        ));
+        if let Some(status) = r.status {
+            attrs.push(KeyValue::new(semconv::HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+        }
+        if let Some(e) = r.error_type {
+            attrs.push(KeyValue::new(semconv::ERROR_TYPE, e));
+        }
+        let status = if r.error_type.is_some() {
+            Status::error("")
+        } else {
+            Status::Unset
+        };
+        SpanData {
+            span_context: r.span,
+            parent_span_id: r.parent_span_id,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name: Cow::Borrowed(method),
+            start_time: r.start,
+            end_time: r.start + r.duration,
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+}
+
+/// `url.full` with credentials removed and sensitive query values redacted.
+fn full_url(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or("");
+    let mut out = match uri.port_u16() {
+        Some(p) => format!("{scheme}://{host}:{p}{}", uri.path()),
+        None => format!("{scheme}://{host}{}", uri.path()),
+    };
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(&redact_query(q));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_are_split_for_names_ipv4_and_ipv6() {
+        assert_eq!(split_host_port("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(split_host_port("example.com"), ("example.com", None));
+        assert_eq!(split_host_port("[::1]:3000"), ("::1", Some(3000)));
+        assert_eq!(split_host_port("[::1]"), ("::1", None));
+    }
+
+    #[test]
+    fn full_url_drops_credentials_and_redacts_the_query() {
+        let uri: http::Uri = "http://user:pw@api.local:81/p?token=abc&x=1".parse().unwrap();
+        assert_eq!(full_url(&uri), "http://api.local:81/p?token=REDACTED&x=1");
+    }
+}

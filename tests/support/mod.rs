@@ -1,0 +1,248 @@
+//! Test support: a real OTLP receiver built on the official `opentelemetry-proto`
+//! crate. It decodes exactly what our exporter sends, over gRPC (a tonic
+//! `TraceService`) and over HTTP/protobuf (`POST /v1/traces`).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::sync::Notify;
+
+/// How a span reached the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+/// One decoded span with its resource and scope.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub span: Span,
+    pub resource: Vec<KeyValue>,
+    pub scope: String,
+    pub transport: Transport,
+}
+
+impl Received {
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        find(&self.span.attributes, key)
+    }
+
+    pub fn str_attr(&self, key: &str) -> Option<String> {
+        match self.attr(key)? {
+            Value::StringValue(s) => Some(s.clone()),
+            other => panic!("attribute {key} is not a string: {other:?}"),
+        }
+    }
+
+    pub fn int_attr(&self, key: &str) -> Option<i64> {
+        match self.attr(key)? {
+            Value::IntValue(i) => Some(*i),
+            other => panic!("attribute {key} is not an int: {other:?}"),
+        }
+    }
+
+    pub fn resource_attr(&self, key: &str) -> Option<String> {
+        match find(&self.resource, key)? {
+            Value::StringValue(s) => Some(s.clone()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    pub fn parent_id_hex(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(self.span.end_time_unix_nano - self.span.start_time_unix_nano)
+    }
+}
+
+pub fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Default)]
+struct Store {
+    spans: Arc<Mutex<Vec<Received>>>,
+    arrived: Arc<Notify>,
+}
+
+impl Store {
+    fn add(&self, req: ExportTraceServiceRequest, transport: Transport) {
+        let mut spans = self.spans.lock().unwrap();
+        for rs in req.resource_spans {
+            let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
+            for ss in rs.scope_spans {
+                let scope = ss.scope.map(|s| s.name).unwrap_or_default();
+                for span in ss.spans {
+                    spans.push(Received {
+                        span,
+                        resource: resource.clone(),
+                        scope: scope.clone(),
+                        transport,
+                    });
+                }
+            }
+        }
+        drop(spans);
+        self.arrived.notify_waiters();
+    }
+}
+
+struct Grpc(Store);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.add(request.into_inner(), Transport::Grpc);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A running OTLP receiver on two loopback ports.
+pub struct Receiver {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    store: Store,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let store = Store::default();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr = grpc.local_addr().unwrap();
+        let svc = TraceServiceServer::new(Grpc(store.clone()));
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc))
+                .await
+                .unwrap();
+        });
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let http_store = store.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let store = http_store.clone();
+                async move {
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(req) => {
+                            store.add(req, Transport::Http);
+                            (
+                                http::StatusCode::OK,
+                                [(http::header::CONTENT_TYPE, "application/x-protobuf")],
+                                ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
+                            )
+                        }
+                        Err(_) => (
+                            http::StatusCode::BAD_REQUEST,
+                            [(http::header::CONTENT_TYPE, "text/plain")],
+                            b"not an ExportTraceServiceRequest".to_vec(),
+                        ),
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(http, app).await.unwrap() });
+        Receiver {
+            grpc_addr,
+            http_addr,
+            store,
+        }
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// The base URL; the exporter appends `/v1/traces`.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub fn spans(&self) -> Vec<Received> {
+        self.store.spans.lock().unwrap().clone()
+    }
+
+    /// Waits (awaiting arrivals, no polling) until `pred` holds for the spans
+    /// received so far; panics after `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let wait = async {
+            loop {
+                let notified = self.store.arrived.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let spans = self.spans();
+                if pred(&spans) {
+                    return spans;
+                }
+                notified.await;
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(spans) => spans,
+            Err(_) => panic!(
+                "receiver: condition not met within {timeout:?}; got {:#?}",
+                self.spans()
+            ),
+        }
+    }
+
+    /// Waits until at least `n` spans have arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        self.wait_until(Duration::from_secs(20), |s| s.len() >= n).await
+    }
+}
+
+/// An `Apm` exporting to `receiver` over `transport`, with `extra` OTEL_* variables
+/// (and none of the process's).
+pub fn apm_to(receiver: &Receiver, transport: Transport, extra: &[(&str, &str)]) -> tower_apm::Apm {
+    let (endpoint, protocol) = match transport {
+        Transport::Grpc => (receiver.grpc_endpoint(), "grpc"),
+        Transport::Http => (receiver.http_endpoint(), "http/protobuf"),
+    };
+    let mut env: Vec<(String, String)> = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.into()),
+        ("OTEL_SERVICE_NAME".into(), "test-svc".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    tower_apm::Apm::builder()
+        .environment(env)
+        .build()
+        .expect("valid test configuration")
+}
