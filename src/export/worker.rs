@@ -114,28 +114,24 @@ impl Worker {
         }
     }
 
-    /// Exports everything queued, in batches of at most the configured size.
+    /// Exports what is queued now, in batches of at most the configured size.
+    /// Spans queued while this runs wait for the next round, so a flush always
+    /// finishes even when exporting itself produces spans.
     async fn export_queued(&mut self) -> Result<(), ExportError> {
         let mut result = Ok(());
-        loop {
-            let items = self.queue.take();
-            if items.is_empty() {
-                break;
-            }
-            let mut items = items.into_iter().peekable();
-            while items.peek().is_some() {
-                let batch: Vec<_> = items
-                    .by_ref()
-                    .take(self.queue.batch_size())
-                    .map(|item| match item {
-                        Item::Server(r) => self.spans.server_span(r),
-                        Item::Client(r) => self.spans.client_span(r),
-                        Item::Sdk(s) => s,
-                    })
-                    .collect();
-                if let Err(e) = self.export(batch).await {
-                    result = Err(e);
-                }
+        let mut items = self.queue.take().into_iter().peekable();
+        while items.peek().is_some() {
+            let batch: Vec<_> = items
+                .by_ref()
+                .take(self.queue.batch_size())
+                .map(|item| match item {
+                    Item::Server(r) => self.spans.server_span(r),
+                    Item::Client(r) => self.spans.client_span(r),
+                    Item::Sdk(s) => s,
+                })
+                .collect();
+            if let Err(e) = self.export(batch).await {
+                result = Err(e);
             }
         }
         self.warn_queue_full();

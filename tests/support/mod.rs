@@ -140,8 +140,13 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts the receiver with its gRPC endpoint on `grpc_addr`.
+    pub async fn start_on(grpc_addr: SocketAddr) -> Receiver {
         let store = Store::default();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind(grpc_addr).await.unwrap();
         let grpc_addr = grpc.local_addr().unwrap();
         let svc = TraceServiceServer::new(Grpc(store.clone()));
         tokio::spawn(async move {
