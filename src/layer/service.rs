@@ -14,7 +14,7 @@ use super::future::ResponseFuture;
 use super::in_flight::InFlight;
 use super::{RouteFn, Shared};
 use crate::record::{RequestRecord, Route};
-use crate::trace::propagation;
+use crate::trace::propagation::{self, RANDOM_TRACE_ID};
 
 /// The service made by [`ApmLayer`](super::ApmLayer): records each request of the
 /// inner service as a server span, with the span's context current inside it.
@@ -59,15 +59,16 @@ where
             None => shared.ids.new_trace_id(),
         };
         let sampled = shared.sampler.should_sample(parent.as_ref(), trace_id);
-        let flags = if sampled {
-            TraceFlags::SAMPLED
-        } else {
-            TraceFlags::default()
+        let (parent_span_id, parent_is_remote, state, flags) = match parent {
+            Some(p) => (p.span_id(), true, p.trace_state().clone(), p.trace_flags()),
+            None => (
+                SpanId::INVALID,
+                false,
+                TraceState::NONE,
+                TraceFlags::new(RANDOM_TRACE_ID),
+            ),
         };
-        let (parent_span_id, parent_is_remote, state) = match parent {
-            Some(p) => (p.span_id(), true, p.trace_state().clone()),
-            None => (SpanId::INVALID, false, TraceState::NONE),
-        };
+        let flags = flags.with_sampled(sampled);
         let span = SpanContext::new(trace_id, shared.ids.new_span_id(), flags, false, state);
         let cx = extracted.cx.with_remote_span_context(span.clone());
 

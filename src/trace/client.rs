@@ -27,7 +27,7 @@ use pin_project_lite::pin_project;
 use crate::layer::Shared;
 use crate::layer::in_flight::status_text;
 use crate::record::ClientRecord;
-use crate::trace::propagation;
+use crate::trace::propagation::{self, RANDOM_TRACE_ID};
 
 /// A `tower::Layer` for outgoing HTTP calls (a hyper-util client, or anything that
 /// is a `tower::Service<http::Request<_>>`). Made by
@@ -102,27 +102,14 @@ where
         }
         let cx = opentelemetry::Context::current();
         let parent = cx.span().span_context().clone();
-        let (trace_id, sampled, parent_span_id, state) = if parent.is_valid() {
-            (
-                parent.trace_id(),
-                parent.is_sampled(),
-                parent.span_id(),
-                parent.trace_state().clone(),
-            )
+        let (trace_id, flags, parent_span_id, state) = if parent.is_valid() {
+            let state = parent.trace_state().clone();
+            (parent.trace_id(), parent.trace_flags(), parent.span_id(), state)
         } else {
             let trace_id = shared.ids.new_trace_id();
             let sampled = shared.sampler.should_sample(None, trace_id);
-            (
-                trace_id,
-                sampled,
-                opentelemetry::trace::SpanId::INVALID,
-                TraceState::NONE,
-            )
-        };
-        let flags = if sampled {
-            TraceFlags::SAMPLED
-        } else {
-            TraceFlags::default()
+            let flags = TraceFlags::new(RANDOM_TRACE_ID).with_sampled(sampled);
+            (trace_id, flags, opentelemetry::trace::SpanId::INVALID, TraceState::NONE)
         };
         let span = SpanContext::new(trace_id, shared.ids.new_span_id(), flags, false, state);
         propagation::inject(&span, &cx, req.headers_mut(), shared.propagation);

@@ -7,6 +7,8 @@
 //! crate's budget of 1,000 for an incoming `traceparent`. Baggage, which is rare on
 //! the hot path, goes through the SDK's `BaggagePropagator`.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::baggage::BaggageExt;
@@ -19,28 +21,43 @@ use crate::config::Propagation;
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 const BAGGAGE: &str = "baggage";
+/// The `traceparent` flags this crate understands and passes on: sampled and
+/// (Trace Context Level 2) random trace id.
+const KNOWN_FLAGS: u8 = 0x03;
+/// The Level 2 flag saying the trace id is random; set on every trace started here.
+pub(crate) const RANDOM_TRACE_ID: u8 = 0x02;
 /// The W3C limit on `tracestate` list members.
 const MAX_TRACESTATE_MEMBERS: usize = 32;
 
 /// What a request carried: the remote parent (if a valid `traceparent` came) and a
-/// context holding the incoming baggage (empty when none came).
+/// context holding the incoming baggage and `tracestate` (empty when none came).
 pub(crate) struct Extracted {
     pub(crate) parent: Option<SpanContext>,
     pub(crate) cx: Context,
 }
 
+/// The validated incoming `tracestate`, kept as received (less repeated keys and
+/// empty members) so it is passed on exactly. OpenTelemetry's `TraceState` only
+/// accepts the Level 1 key grammar; this also keeps Level 2 keys such as `foo@@bar`.
+#[derive(Debug, Clone)]
+pub(crate) struct W3cTraceState(pub(crate) Arc<str>);
+
 /// Reads the propagation headers the configuration enables.
 pub(crate) fn extract(headers: &HeaderMap, p: Propagation) -> Extracted {
-    let parent = if p.tracecontext {
-        extract_trace_context(headers)
-    } else {
-        None
-    };
-    let cx = if p.baggage && headers.contains_key(BAGGAGE) {
+    let mut cx = if p.baggage && headers.contains_key(BAGGAGE) {
         BaggagePropagator::new().extract(&HeaderExtractor(headers))
     } else {
         Context::new()
     };
+    let mut parent = None;
+    if p.tracecontext {
+        if let Some((remote, raw)) = extract_trace_context(headers) {
+            if let Some(raw) = raw {
+                cx = cx.with_value(raw);
+            }
+            parent = Some(remote);
+        }
+    }
     Extracted { parent, cx }
 }
 
@@ -48,7 +65,10 @@ pub(crate) fn extract(headers: &HeaderMap, p: Propagation) -> Extracted {
 pub(crate) fn inject(span: &SpanContext, cx: &Context, headers: &mut HeaderMap, p: Propagation) {
     if p.tracecontext && span.is_valid() {
         headers.insert(TRACEPARENT, format_traceparent(span));
-        let state = span.trace_state().header();
+        let state = match cx.get::<W3cTraceState>() {
+            Some(raw) => raw.0.to_string(),
+            None => span.trace_state().header(),
+        };
         if !state.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&state) {
                 headers.insert(TRACESTATE, v);
@@ -62,19 +82,22 @@ pub(crate) fn inject(span: &SpanContext, cx: &Context, headers: &mut HeaderMap, 
     }
 }
 
-fn extract_trace_context(headers: &HeaderMap) -> Option<SpanContext> {
+fn extract_trace_context(headers: &HeaderMap) -> Option<(SpanContext, Option<W3cTraceState>)> {
     let mut values = headers.get_all(TRACEPARENT).iter();
     let first = values.next()?;
     if values.next().is_some() {
         return None; // two traceparent headers: ambiguous, start a new trace
     }
     let (trace_id, span_id, flags) = parse_traceparent(first.as_bytes())?;
-    let state = if headers.contains_key(TRACESTATE) {
-        parse_tracestate(headers.get_all(TRACESTATE).iter()).unwrap_or_default()
+    let (state, raw) = if headers.contains_key(TRACESTATE) {
+        match parse_tracestate(headers.get_all(TRACESTATE).iter()) {
+            Some((state, raw)) => (state, Some(raw)),
+            None => (TraceState::NONE, None),
+        }
     } else {
-        TraceState::NONE
+        (TraceState::NONE, None)
     };
-    Some(SpanContext::new(trace_id, span_id, flags, true, state))
+    Some((SpanContext::new(trace_id, span_id, flags, true, state), raw))
 }
 
 /// Parses a `traceparent` value. Returns `None` for anything the W3C
@@ -105,8 +128,12 @@ pub(crate) fn parse_traceparent(raw: &[u8]) -> Option<(TraceId, SpanId, TraceFla
     if trace == 0 || span == 0 {
         return None;
     }
-    // Version 00 defines only the sampled bit for us to keep.
-    Some((TraceId::from(trace), SpanId::from(span), TraceFlags::new(flags & 0x01)))
+    // Keep the flags this version defines: sampled (0x01) and, from Level 2, random (0x02).
+    Some((
+        TraceId::from(trace),
+        SpanId::from(span),
+        TraceFlags::new(flags & KNOWN_FLAGS),
+    ))
 }
 
 /// Formats `00-<trace-id>-<span-id>-<flags>` without going through `fmt`.
@@ -126,16 +153,21 @@ pub(crate) fn format_traceparent(span: &SpanContext) -> HeaderValue {
         buf[37 + 2 * i] = HEX[(b & 0xf) as usize];
     }
     buf[52] = b'-';
-    let flags = span.trace_flags().to_u8() & 0x01;
+    let flags = span.trace_flags().to_u8() & KNOWN_FLAGS;
     buf[53] = b'0';
     buf[54] = HEX[flags as usize];
     HeaderValue::from_bytes(&buf).expect("traceparent is ASCII hex and dashes")
 }
 
 /// Parses `tracestate` (all header lines, joined as a list). `None` — discard the
-/// whole header — when a member is malformed, a key repeats, or there are more than
-/// 32 members, as the W3C specification asks.
-pub(crate) fn parse_tracestate<'a>(lines: impl Iterator<Item = &'a HeaderValue>) -> Option<TraceState> {
+/// whole header — when a member is malformed or there are more than 32 members,
+/// as the W3C specification asks; a repeated key keeps its first value.
+///
+/// Returns the OpenTelemetry `TraceState` (members whose keys it accepts) and the
+/// header to pass on.
+pub(crate) fn parse_tracestate<'a>(
+    lines: impl Iterator<Item = &'a HeaderValue>,
+) -> Option<(TraceState, W3cTraceState)> {
     let mut members: Vec<(&str, &str)> = Vec::new();
     for line in lines {
         let line = line.to_str().ok()?;
@@ -149,7 +181,7 @@ pub(crate) fn parse_tracestate<'a>(lines: impl Iterator<Item = &'a HeaderValue>)
                 return None;
             }
             if members.iter().any(|(k, _)| *k == key) {
-                return None;
+                continue;
             }
             members.push((key, value));
             if members.len() > MAX_TRACESTATE_MEMBERS {
@@ -157,29 +189,33 @@ pub(crate) fn parse_tracestate<'a>(lines: impl Iterator<Item = &'a HeaderValue>)
             }
         }
     }
-    TraceState::from_key_value(members).ok()
+    let mut raw = String::new();
+    for (i, (k, v)) in members.iter().enumerate() {
+        if i > 0 {
+            raw.push(',');
+        }
+        raw.push_str(k);
+        raw.push('=');
+        raw.push_str(v);
+    }
+    let otel = members
+        .iter()
+        .filter(|m| TraceState::from_key_value([**m]).is_ok())
+        .copied()
+        .collect::<Vec<_>>();
+    let state = TraceState::from_key_value(otel).unwrap_or_default();
+    Some((state, W3cTraceState(Arc::from(raw))))
 }
 
-fn key_char(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
-}
-
+/// The Level 2 key grammar: a lowercase letter or digit, then up to 255 of
+/// `a-z 0-9 _ - * / @`.
 fn valid_key(key: &str) -> bool {
     let k = key.as_bytes();
-    match key.split_once('@') {
-        None => !k.is_empty() && k.len() <= 256 && k[0].is_ascii_lowercase() && k.iter().all(|&b| key_char(b)),
-        Some((tenant, system)) => {
-            let (t, s) = (tenant.as_bytes(), system.as_bytes());
-            !t.is_empty()
-                && t.len() <= 241
-                && (t[0].is_ascii_lowercase() || t[0].is_ascii_digit())
-                && t.iter().all(|&b| key_char(b))
-                && !s.is_empty()
-                && s.len() <= 14
-                && s[0].is_ascii_lowercase()
-                && s.iter().all(|&b| key_char(b))
-        }
-    }
+    !k.is_empty()
+        && k.len() <= 256
+        && (k[0].is_ascii_lowercase() || k[0].is_ascii_digit())
+        && k.iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@'))
 }
 
 fn valid_value(value: &str) -> bool {
@@ -312,28 +348,31 @@ mod tests {
         assert_eq!((t, s, f), (sc.trace_id(), sc.span_id(), sc.trace_flags()));
     }
 
-    fn ts(lines: &[&str]) -> Option<TraceState> {
+    fn ts(lines: &[&str]) -> Option<String> {
         let values: Vec<HeaderValue> = lines.iter().map(|l| HeaderValue::from_str(l).unwrap()).collect();
-        parse_tracestate(values.iter())
+        parse_tracestate(values.iter()).map(|(_, raw)| raw.0.to_string())
     }
 
     #[test]
     fn tracestate_lines_are_joined_and_empty_members_skipped() {
-        let state = ts(&["foo=1, ,bar@baz=2", "qux=3"]).unwrap();
-        assert_eq!(state.header(), "foo=1,bar@baz=2,qux=3");
+        assert_eq!(
+            ts(&["foo=1, ,bar@baz=2", "qux=3"]).as_deref(),
+            Some("foo=1,bar@baz=2,qux=3")
+        );
     }
 
     #[test]
-    fn tracestate_over_32_members_or_with_duplicates_is_discarded() {
+    fn tracestate_over_32_members_is_discarded_and_repeated_keys_keep_the_first() {
         let ok: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
         assert!(ts(&[&ok.join(",")]).is_some());
         let too_many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
         assert!(ts(&[&too_many.join(",")]).is_none());
-        assert!(ts(&["a=1,a=2"]).is_none());
+        assert_eq!(ts(&["a=1,a=2"]).as_deref(), Some("a=1"));
     }
 
     #[test]
     fn tracestate_with_bad_keys_or_values_is_discarded() {
+        let long_key = format!("{}=1", "z".repeat(257));
         for bad in [
             "A=1",
             "a=",
@@ -341,14 +380,28 @@ mod tests {
             "a=b\tc",
             "a=\u{7f}",
             "@a=1",
-            "a@=1",
-            "a@b123456789012345=1",
+            "foo.bar=1",
+            "foo =1",
+            &long_key,
         ] {
             let parsed = HeaderValue::from_str(bad)
                 .ok()
                 .and_then(|v| parse_tracestate(std::iter::once(&v)));
             assert!(parsed.is_none(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn level_2_keys_are_passed_on_even_where_opentelemetry_rejects_them() {
+        assert_eq!(ts(&["foo@@bar=1,bar=2"]).as_deref(), Some("foo@@bar=1,bar=2"));
+        let key = format!("{}@v", "t".repeat(242));
+        assert!(ts(&[&format!("{key}=1")]).is_some());
+    }
+
+    #[test]
+    fn random_flag_is_kept_and_unknown_flags_dropped() {
+        let (_, _, f) = parse(&VALID.replace("-01", "-ff")).unwrap();
+        assert_eq!(f.to_u8(), 0x03);
     }
 
     #[test]
