@@ -148,7 +148,9 @@ impl Receiver {
         let store = Store::default();
         let grpc = tokio::net::TcpListener::bind(grpc_addr).await.unwrap();
         let grpc_addr = grpc.local_addr().unwrap();
-        let svc = TraceServiceServer::new(Grpc(store.clone()));
+        // Collectors forward gzip-compressed exports; accept them as a collector does.
+        let svc =
+            TraceServiceServer::new(Grpc(store.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(svc)

@@ -1,0 +1,128 @@
+//! The demo as a user runs it: a real process, real HTTP, a real SIGTERM, and its
+//! spans decoded by the OTLP receiver.
+
+#![cfg(unix)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use support::Receiver;
+
+/// The demo binary that `cargo test` built next to this test (built on demand when
+/// only this test target was compiled).
+fn demo_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("demo");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "demo"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+async fn get(url: String) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let res = client.get(url.parse().unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
+    let receiver = Receiver::start().await;
+    let mut child = Command::new(demo_binary())
+        .env("DEMO_ADDR", "127.0.0.1:0")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "60000") // nothing leaves before the SIGTERM flush
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr_tx = Some(addr_tx);
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                if let Some(tx) = addr_tx.take() {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        }
+    });
+    let base = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let (status, body) = get(format!("{base}/downstream")).await;
+    assert_eq!((status, body.as_str()), (200, "downstream said: user 42\n"));
+    let (status, _) = get(format!("{base}/panic")).await;
+    assert_eq!(status, 500);
+    let (status, _) = get(format!("{base}/error")).await;
+    assert_eq!(status, 500);
+    let (status, _) = get(format!("{base}/")).await;
+    assert_eq!(status, 200, "the demo keeps serving after a panic");
+    assert!(
+        receiver.spans().is_empty(),
+        "spans wait in the batch queue until the flush"
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "SIGTERM is a clean exit");
+
+    let spans = receiver.wait_for(7).await;
+    let named = |n: &str, kind: SpanKind| {
+        spans
+            .iter()
+            .find(|s| s.span.name == n && s.span.kind == kind as i32)
+            .unwrap_or_else(|| panic!("no {kind:?} span {n}: {spans:#?}"))
+    };
+    let outer = named("GET /downstream", SpanKind::Server);
+    let client = named("GET", SpanKind::Client);
+    let inner = named("GET /users/{id}", SpanKind::Server);
+    let load = named("load_user", SpanKind::Internal);
+    assert_eq!(client.parent_id_hex(), outer.span_id_hex());
+    assert_eq!(inner.parent_id_hex(), client.span_id_hex());
+    assert_eq!(load.parent_id_hex(), inner.span_id_hex());
+    for s in [client, inner, load] {
+        assert_eq!(
+            s.trace_id_hex(),
+            outer.trace_id_hex(),
+            "one trace spans both server spans"
+        );
+    }
+    assert_eq!(
+        named("GET /panic", SpanKind::Server).str_attr("error.type").as_deref(),
+        Some("panic")
+    );
+    assert_eq!(
+        named("GET /error", SpanKind::Server).str_attr("error.type").as_deref(),
+        Some("500")
+    );
+    assert_eq!(outer.resource_attr("service.name").as_deref(), Some("tower-apm-demo"));
+}
