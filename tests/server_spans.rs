@@ -245,7 +245,7 @@ async fn request_dropped_before_its_response_still_ends_in_one_span() {
     let receiver = Receiver::start().await;
     let apm = apm_to(&receiver, Transport::Grpc, &[]);
     let app = Router::new()
-        .route("/hang", get(|| std::future::pending::<&'static str>()))
+        .route("/hang", get(std::future::pending::<&'static str>))
         .layer(apm.layer());
     let call = app.oneshot(Request::get("/hang").body(Body::empty()).unwrap());
     let timed_out = tokio::time::timeout(Duration::from_millis(20), call).await;

@@ -77,7 +77,7 @@ pub(crate) fn inject(span: &SpanContext, cx: &Context, headers: &mut HeaderMap, 
             headers.remove(TRACESTATE);
         }
     }
-    if p.baggage && cx.baggage().len() > 0 {
+    if p.baggage && !cx.baggage().is_empty() {
         BaggagePropagator::new().inject_context(cx, &mut HeaderInjector(headers));
     }
 }
