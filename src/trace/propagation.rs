@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -18,9 +18,10 @@ use opentelemetry_sdk::propagation::BaggagePropagator;
 
 use crate::config::Propagation;
 
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
-const BAGGAGE: &str = "baggage";
+// Header names as constants: a lookup by `&str` would parse the name every time.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 /// The `traceparent` flags this crate understands and passes on: sampled and
 /// (Trace Context Level 2) random trace id.
 const KNOWN_FLAGS: u8 = 0x03;
