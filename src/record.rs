@@ -80,7 +80,7 @@ impl Recorder {
         Recorder { spans }
     }
 
-    pub(crate) fn finish(&self, record: RequestRecord) {
+    pub(crate) fn finish(&self, record: Box<RequestRecord>) {
         if let Some(queue) = &self.spans {
             if record.span.is_sampled() {
                 queue.push(Item::Server(record));
@@ -88,7 +88,7 @@ impl Recorder {
         }
     }
 
-    pub(crate) fn finish_client(&self, record: ClientRecord) {
+    pub(crate) fn finish_client(&self, record: Box<ClientRecord>) {
         if let Some(queue) = &self.spans {
             if record.span.is_sampled() {
                 queue.push(Item::Client(record));

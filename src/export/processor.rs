@@ -21,7 +21,7 @@ impl SpanProcessor for QueueProcessor {
 
     fn on_end(&self, span: SpanData) {
         if span.span_context.is_sampled() {
-            self.queue.push(Item::Sdk(span));
+            self.queue.push(Item::Sdk(Box::new(span)));
         }
     }
 

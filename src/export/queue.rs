@@ -20,11 +20,11 @@ use crate::record::{ClientRecord, RequestRecord};
 #[derive(Debug)]
 pub(crate) enum Item {
     /// A server span, still as the layer's record.
-    Server(RequestRecord),
+    Server(Box<RequestRecord>),
     /// A client span, still as the client layer's record.
-    Client(ClientRecord),
+    Client(Box<ClientRecord>),
     /// A span finished through the SDK tracer (for example by `tracing-opentelemetry`).
-    Sdk(SpanData),
+    Sdk(Box<SpanData>),
 }
 
 /// Counters shared by the queue and the export thread.

@@ -127,7 +127,7 @@ impl Worker {
                 .map(|item| match item {
                     Item::Server(r) => self.spans.server_span(r),
                     Item::Client(r) => self.spans.client_span(r),
-                    Item::Sdk(s) => s,
+                    Item::Sdk(s) => *s,
                 })
                 .collect();
             if let Err(e) = self.export(batch).await {

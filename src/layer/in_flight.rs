@@ -7,11 +7,14 @@ use std::time::Instant;
 use super::Shared;
 use crate::record::RequestRecord;
 
+/// Small on purpose: futures and bodies that hold it are moved several times by
+/// the layers around them, so the record itself lives in one box that goes, as
+/// it is, all the way to the export queue.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     pub(crate) shared: Arc<Shared>,
     pub(crate) start: Instant,
-    pub(crate) record: RequestRecord,
+    pub(crate) record: Box<RequestRecord>,
 }
 
 /// The decimal text of every status code from 400 to 599, made at compile time,

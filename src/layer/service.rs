@@ -77,7 +77,7 @@ where
             None => req.extensions().get::<MatchedPath>().cloned().map(Route::Matched),
         };
         let headers = req.headers();
-        let record = RequestRecord {
+        let record = Box::new(RequestRecord {
             method: req.method().clone(),
             route,
             uri: req.uri().clone(),
@@ -94,7 +94,7 @@ where
             span,
             parent_span_id,
             parent_is_remote,
-        };
+        });
         let state = InFlight {
             shared: Arc::clone(shared),
             start,

@@ -63,7 +63,7 @@ pub struct ClientService<S> {
 struct ClientInFlight {
     shared: Arc<Shared>,
     start: Instant,
-    record: ClientRecord,
+    record: Box<ClientRecord>,
 }
 
 impl ClientInFlight {
@@ -113,7 +113,7 @@ where
         };
         let span = SpanContext::new(trace_id, shared.ids.new_span_id(), flags, false, state);
         propagation::inject(&span, &cx, req.headers_mut(), shared.propagation);
-        let record = ClientRecord {
+        let record = Box::new(ClientRecord {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -123,7 +123,7 @@ where
             duration: Duration::ZERO,
             span,
             parent_span_id,
-        };
+        });
         ClientFuture {
             inner: self.inner.call(req),
             state: Some(ClientInFlight {

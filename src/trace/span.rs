@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{Method, Version};
 use opentelemetry::trace::{Event, SpanKind, Status};
@@ -18,17 +18,52 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use crate::record::{ClientRecord, RequestRecord, Route};
 use crate::redact::redact_query;
 
-/// Caps the span-name cache; routes are few, but a misconfigured route function
-/// must not grow memory without bound.
-const MAX_CACHED_NAMES: usize = 1024;
+/// Caps the route cache; routes are few, but a misconfigured route function must
+/// not grow memory without bound. Past the cap, names are formatted per span.
+const MAX_CACHED_ROUTES: usize = 1024;
 
-/// Builds span data; keeps the per-route span names so each is formatted once.
+/// Per route template: the shared `http.route` value and the span names made for
+/// it, one per method. Process-wide, so the bounded set of leaked names is made once
+/// however many `Apm`s a process builds.
+static ROUTES: Mutex<Option<HashMap<Box<str>, CachedRoute, Fnv>>> = Mutex::new(None);
+
+#[derive(Debug)]
+struct CachedRoute {
+    value: Arc<str>,
+    /// `&'static` so a span's name costs no allocation: each is leaked once, and
+    /// there are at most `MAX_CACHED_ROUTES` routes times ten method names.
+    names: Vec<(&'static str, &'static str)>,
+}
+
+/// FNV-1a: route templates are short, trusted strings; SipHash's DoS resistance
+/// buys nothing here and costs more than the rest of the lookup.
+#[derive(Default, Clone, Copy)]
+struct Fnv;
+
+struct FnvHasher(u64);
+
+impl std::hash::BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Builds span data.
 #[derive(Debug)]
 pub(crate) struct SpanBuilder {
     scope: InstrumentationScope,
-    /// Route template to its shared attribute value and the span names already
-    /// made for it, one per method.
-    routes: HashMap<Box<str>, CachedRoute>,
 }
 
 impl Default for SpanBuilder {
@@ -38,7 +73,6 @@ impl Default for SpanBuilder {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
                 .build(),
-            routes: HashMap::new(),
         }
     }
 }
@@ -101,42 +135,38 @@ fn method_attrs(method: &Method, attrs: &mut Vec<KeyValue>) -> &'static str {
     }
 }
 
-#[derive(Debug)]
-struct CachedRoute {
-    value: Arc<str>,
-    names: Vec<(&'static str, Cow<'static, str>)>,
-}
 
 impl SpanBuilder {
-    /// The span name and the `http.route` value; each route's are made once.
+    /// The span name and the `http.route` value, made once per route and method.
     fn route_info(&mut self, method: &'static str, route: Option<&Route>) -> (Cow<'static, str>, Option<Value>) {
         let Some(route) = route else {
             return (Cow::Borrowed(method), None);
         };
         let template = route.as_str();
-        if let Some(cached) = self.routes.get(template) {
-            if let Some((_, name)) = cached.names.iter().find(|(m, _)| *m == method) {
-                return (
-                    name.clone(),
-                    Some(Value::String(StringValue::from(Arc::clone(&cached.value)))),
-                );
+        let mut routes = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = routes.get_or_insert_with(|| HashMap::with_hasher(Fnv));
+        if !routes.contains_key(template) && routes.len() >= MAX_CACHED_ROUTES {
+            let value = Value::String(StringValue::from(template.to_owned()));
+            return (Cow::Owned(format!("{method} {template}")), Some(value));
+        }
+        let cached = routes.entry(template.into()).or_insert_with(|| CachedRoute {
+            value: Arc::from(template),
+            names: Vec::new(),
+        });
+        let name = match cached.names.iter().find(|(m, _)| *m == method) {
+            Some((_, name)) => *name,
+            None => {
+                let name: &'static str = Box::leak(format!("{method} {template}").into_boxed_str());
+                cached.names.push((method, name));
+                name
             }
-        }
-        let name: Cow<'static, str> = Cow::Owned(format!("{method} {template}"));
-        let value: Arc<str> = Arc::from(template);
-        if self.routes.len() < MAX_CACHED_NAMES || self.routes.contains_key(template) {
-            // A cached name costs one small copy per span instead of a `format!`.
-            let cached = self.routes.entry(template.into()).or_insert_with(|| CachedRoute {
-                value: Arc::clone(&value),
-                names: Vec::new(),
-            });
-            cached.names.push((method, name.clone()));
-        }
-        (name, Some(Value::String(StringValue::from(value))))
+        };
+        let value = Value::String(StringValue::from(Arc::clone(&cached.value)));
+        (Cow::Borrowed(name), Some(value))
     }
 
     /// The SERVER span for one request.
-    pub(crate) fn server_span(&mut self, r: RequestRecord) -> SpanData {
+    pub(crate) fn server_span(&mut self, r: Box<RequestRecord>) -> SpanData {
         let mut attrs = Vec::with_capacity(14);
         let method = method_attrs(&r.method, &mut attrs);
         attrs.push(KeyValue::new(semconv::URL_PATH, r.uri.path().to_owned()));
@@ -216,7 +246,7 @@ impl SpanBuilder {
     }
 
     /// The CLIENT span for one outgoing call.
-    pub(crate) fn client_span(&mut self, r: ClientRecord) -> SpanData {
+    pub(crate) fn client_span(&mut self, r: Box<ClientRecord>) -> SpanData {
         let mut attrs = Vec::with_capacity(8);
         let method = method_attrs(&r.method, &mut attrs);
         if let Some(host) = r.uri.host() {
