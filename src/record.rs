@@ -6,10 +6,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::extract::MatchedPath;
-use http::{HeaderValue, Method, Uri, Version};
+use http::{Method, Uri, Version};
 use opentelemetry::trace::{SpanContext, SpanId};
 
 use crate::export::{Item, SpanQueue};
@@ -31,27 +31,85 @@ impl Route {
     }
 }
 
+/// A small owned copy of a request string (path, host, user agent).
+///
+/// Copied rather than shared: a `Bytes` slice of hyper's read buffer held in the
+/// export queue would keep that whole buffer alive, and cloning a not-yet-shared
+/// `Bytes` allocates. Strings up to 46 bytes (most paths and hosts) stay inline.
+#[derive(Clone)]
+pub(crate) enum ShortStr {
+    Inline { len: u8, buf: [u8; SHORT_INLINE] },
+    Heap(Box<str>),
+}
+
+const SHORT_INLINE: usize = 46;
+
+impl ShortStr {
+    pub(crate) fn new(s: &str) -> Self {
+        if s.len() <= SHORT_INLINE {
+            let mut buf = [0u8; SHORT_INLINE];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            ShortStr::Inline {
+                len: s.len() as u8,
+                buf,
+            }
+        } else {
+            ShortStr::Heap(s.into())
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Always a whole `&str` copied in `new`, so this never fails.
+            ShortStr::Inline { len, buf } => std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default(),
+            ShortStr::Heap(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for ShortStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// Everything known about one finished (or abandoned) server request.
 #[derive(Debug)]
 pub(crate) struct RequestRecord {
     pub(crate) method: Method,
     pub(crate) route: Option<Route>,
-    pub(crate) uri: Uri,
+    /// The request target as sent: path and query.
+    pub(crate) target: ShortStr,
+    pub(crate) https: bool,
     pub(crate) version: Version,
-    pub(crate) host: Option<HeaderValue>,
-    pub(crate) user_agent: Option<HeaderValue>,
+    /// `host[:port]` from the URI authority (HTTP/2) or the `Host` header.
+    pub(crate) authority: Option<ShortStr>,
+    pub(crate) user_agent: Option<ShortStr>,
     pub(crate) client: Option<SocketAddr>,
     /// `None` when the request was dropped before a response existed.
     pub(crate) status: Option<u16>,
     pub(crate) error_type: Option<&'static str>,
     /// The panic message when the handler panicked.
     pub(crate) panic: Option<String>,
-    pub(crate) start: SystemTime,
+    /// Monotonic start; the export thread turns it into wall-clock time once per
+    /// batch, so the request path reads the clock once at each end.
+    pub(crate) start: Instant,
     pub(crate) duration: Duration,
     pub(crate) response_body_bytes: u64,
     pub(crate) span: SpanContext,
     pub(crate) parent_span_id: SpanId,
     pub(crate) parent_is_remote: bool,
+}
+
+impl RequestRecord {
+    pub(crate) fn path(&self) -> &str {
+        let t = self.target.as_str();
+        t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.target.as_str().split_once('?').map(|(_, q)| q)
+    }
 }
 
 /// Everything known about one outgoing call made through the client layer.
@@ -62,7 +120,7 @@ pub(crate) struct ClientRecord {
     pub(crate) version: Version,
     pub(crate) status: Option<u16>,
     pub(crate) error_type: Option<&'static str>,
-    pub(crate) start: SystemTime,
+    pub(crate) start: Instant,
     pub(crate) duration: Duration,
     pub(crate) span: SpanContext,
     pub(crate) parent_span_id: SpanId,
@@ -78,6 +136,13 @@ pub(crate) struct Recorder {
 impl Recorder {
     pub(crate) fn new(spans: Option<Arc<SpanQueue>>) -> Self {
         Recorder { spans }
+    }
+
+    /// Whether any sink reads records of requests that are not sampled. None does
+    /// yet, so an unsampled request only carries its trace context; the metrics
+    /// and access-log sinks read every request.
+    pub(crate) fn wants_unsampled(&self) -> bool {
+        false
     }
 
     pub(crate) fn finish(&self, record: Box<RequestRecord>) {

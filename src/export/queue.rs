@@ -19,7 +19,9 @@ use crate::record::{ClientRecord, RequestRecord};
 /// One span waiting for export.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// A server span, still as the layer's record.
+    /// A server span, still as the layer's record: the box made when the request
+    /// started, so the record is never copied on its way (measured: unboxing it
+    /// here cost more in copies than the export thread's `free` of the box).
     Server(Box<RequestRecord>),
     /// A client span, still as the client layer's record.
     Client(Box<ClientRecord>),
@@ -75,11 +77,12 @@ impl SpanQueue {
         }
     }
 
-    /// Takes everything queued so far.
-    pub(crate) fn take(&self) -> Vec<Item> {
-        let fresh = Vec::with_capacity(self.batch);
+    /// Takes everything queued so far, leaving `spare` (an emptied buffer from the
+    /// previous round) in its place: the two buffers are reused, never reallocated.
+    pub(crate) fn take(&self, spare: Vec<Item>) -> Vec<Item> {
+        debug_assert!(spare.is_empty());
         let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *items, fresh)
+        std::mem::replace(&mut *items, spare)
     }
 
     pub(crate) fn batch_size(&self) -> usize {

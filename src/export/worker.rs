@@ -17,7 +17,7 @@ use super::ExportError;
 use super::exporter::{DynSpanExporter, ExporterSpec};
 use super::queue::{Item, SpanQueue};
 use crate::config::{BatchConfig, ConfigError};
-use crate::trace::span::SpanBuilder;
+use crate::trace::span::{Clock, SpanBuilder};
 
 pub(crate) enum Command {
     Flush(oneshot::Sender<Result<(), ExportError>>),
@@ -60,6 +60,7 @@ pub(crate) fn spawn(
                     batch,
                     spans: SpanBuilder::default(),
                     failing: false,
+                    spare: Vec::with_capacity(batch.max_export_batch_size),
                     warned_queue_full: false,
                 }
                 .run(commands)
@@ -80,6 +81,8 @@ struct Worker {
     batch: BatchConfig,
     spans: SpanBuilder,
     failing: bool,
+    /// The emptied buffer handed back to the queue at the next round.
+    spare: Vec<Item>,
     warned_queue_full: bool,
 }
 
@@ -119,14 +122,16 @@ impl Worker {
     /// finishes even when exporting itself produces spans.
     async fn export_queued(&mut self) -> Result<(), ExportError> {
         let mut result = Ok(());
-        let mut items = self.queue.take().into_iter().peekable();
+        let mut taken = self.queue.take(std::mem::take(&mut self.spare));
+        let clock = Clock::now();
+        let mut items = taken.drain(..).peekable();
         while items.peek().is_some() {
             let batch: Vec<_> = items
                 .by_ref()
                 .take(self.queue.batch_size())
                 .map(|item| match item {
-                    Item::Server(r) => self.spans.server_span(r),
-                    Item::Client(r) => self.spans.client_span(r),
+                    Item::Server(r) => self.spans.server_span(r, &clock),
+                    Item::Client(r) => self.spans.client_span(r, &clock),
                     Item::Sdk(s) => *s,
                 })
                 .collect();
@@ -134,6 +139,8 @@ impl Worker {
                 result = Err(e);
             }
         }
+        drop(items);
+        self.spare = taken;
         self.warn_queue_full();
         result
     }

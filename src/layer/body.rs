@@ -56,6 +56,13 @@ impl<B: Body> Body for ResponseBody<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        if this.state.is_none() {
+            // Nothing to record (unsampled, or already finished): pass through.
+            return match this.inner.as_pin_mut() {
+                Some(inner) => inner.poll_frame(cx),
+                None => Poll::Ready(None),
+            };
+        }
         let Some(inner) = this.inner.as_pin_mut() else {
             if let Some(state) = this.state.take() {
                 state.finish();

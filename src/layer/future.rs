@@ -42,11 +42,11 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, cx: opentelemetry::Context, state: InFlight) -> Self {
+    pub(crate) fn new(inner: F, cx: opentelemetry::Context, state: Option<InFlight>) -> Self {
         ResponseFuture {
             inner: Some(inner),
             cx: Some(cx),
-            state: Some(state),
+            state,
         }
     }
 
@@ -58,12 +58,18 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn panicked(cx: opentelemetry::Context, mut state: InFlight, panic: Box<dyn Any + Send>) -> Self {
-        state.record.panic = Some(panic_message(panic.as_ref()));
+    pub(crate) fn panicked(
+        cx: opentelemetry::Context,
+        mut state: Option<InFlight>,
+        panic: Box<dyn Any + Send>,
+    ) -> Self {
+        if let Some(s) = state.as_mut() {
+            s.record.panic = Some(panic_message(panic.as_ref()));
+        }
         ResponseFuture {
             inner: None,
             cx: Some(cx),
-            state: Some(state),
+            state,
         }
     }
 }

@@ -2,7 +2,6 @@
 //! record is finished.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::Shared;
 use crate::record::RequestRecord;
@@ -13,7 +12,6 @@ use crate::record::RequestRecord;
 #[derive(Debug)]
 pub(crate) struct InFlight {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) start: Instant,
     pub(crate) record: Box<RequestRecord>,
 }
 
@@ -56,12 +54,8 @@ impl InFlight {
 
     /// Ends the request: the record goes to the sinks.
     pub(crate) fn finish(self) {
-        let InFlight {
-            shared,
-            start,
-            mut record,
-        } = self;
-        record.duration = start.elapsed();
+        let InFlight { shared, mut record } = self;
+        record.duration = record.start.elapsed();
         shared.recorder.finish(record);
     }
 }

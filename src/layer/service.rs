@@ -3,7 +3,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath};
 use http::{Request, Response, header};
@@ -13,7 +13,7 @@ use opentelemetry_sdk::trace::IdGenerator;
 use super::future::ResponseFuture;
 use super::in_flight::InFlight;
 use super::{RouteFn, Shared};
-use crate::record::{RequestRecord, Route};
+use crate::record::{RequestRecord, Route, ShortStr};
 use crate::trace::propagation::{self, RANDOM_TRACE_ID};
 
 /// The service made by [`ApmLayer`](super::ApmLayer): records each request of the
@@ -30,6 +30,59 @@ impl<S: std::fmt::Debug> std::fmt::Debug for ApmService<S> {
         f.debug_struct("ApmService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
+    }
+}
+
+impl<S> ApmService<S> {
+    /// Starts the request's record: everything the sinks need from the request.
+    fn in_flight<B>(
+        &self,
+        req: &Request<B>,
+        span: SpanContext,
+        parent_span_id: SpanId,
+        parent_is_remote: bool,
+    ) -> InFlight {
+        let start = Instant::now();
+        let route = match &self.route_fn {
+            Some(f) => f(req.method(), req.uri()).map(Route::Static),
+            None => req.extensions().get::<MatchedPath>().cloned().map(Route::Matched),
+        };
+        let uri = req.uri();
+        let headers = req.headers();
+        let authority = match uri.authority() {
+            Some(a) => Some(ShortStr::new(a.as_str())),
+            None => headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(ShortStr::new),
+        };
+        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let record = Box::new(RequestRecord {
+            method: req.method().clone(),
+            route,
+            target: ShortStr::new(target),
+            https: uri.scheme() == Some(&http::uri::Scheme::HTTPS),
+            version: req.version(),
+            authority,
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|h| h.to_str().ok())
+                .map(ShortStr::new),
+            client: req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0),
+            status: None,
+            error_type: None,
+            panic: None,
+            start,
+            duration: Duration::ZERO,
+            response_body_bytes: 0,
+            span,
+            parent_span_id,
+            parent_is_remote,
+        });
+        InFlight {
+            shared: Arc::clone(&self.shared),
+            record,
+        }
     }
 }
 
@@ -50,8 +103,6 @@ where
         if shared.disabled {
             return ResponseFuture::passthrough(self.inner.call(req));
         }
-        let start = Instant::now();
-        let start_time = SystemTime::now();
         let extracted = propagation::extract(req.headers(), shared.propagation);
         let parent = extracted.parent;
         let trace_id = match &parent {
@@ -72,33 +123,12 @@ where
         let span = SpanContext::new(trace_id, shared.ids.new_span_id(), flags, false, state);
         let cx = extracted.cx.with_remote_span_context(span.clone());
 
-        let route = match &self.route_fn {
-            Some(f) => f(req.method(), req.uri()).map(Route::Static),
-            None => req.extensions().get::<MatchedPath>().cloned().map(Route::Matched),
-        };
-        let headers = req.headers();
-        let record = Box::new(RequestRecord {
-            method: req.method().clone(),
-            route,
-            uri: req.uri().clone(),
-            version: req.version(),
-            host: headers.get(header::HOST).cloned(),
-            user_agent: headers.get(header::USER_AGENT).cloned(),
-            client: req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0),
-            status: None,
-            error_type: None,
-            panic: None,
-            start: start_time,
-            duration: Duration::ZERO,
-            response_body_bytes: 0,
-            span,
-            parent_span_id,
-            parent_is_remote,
-        });
-        let state = InFlight {
-            shared: Arc::clone(shared),
-            start,
-            record,
+        // A request no sink will read (not sampled, and no sink wants unsampled
+        // records) only carries its context: no record, no clock reads.
+        let state = if sampled || shared.recorder.wants_unsampled() {
+            Some(self.in_flight(&req, span, parent_span_id, parent_is_remote))
+        } else {
+            None
         };
         let called = {
             let _guard = cx.clone().attach();

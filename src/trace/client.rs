@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
@@ -62,18 +62,13 @@ pub struct ClientService<S> {
 #[derive(Debug)]
 struct ClientInFlight {
     shared: Arc<Shared>,
-    start: Instant,
     record: Box<ClientRecord>,
 }
 
 impl ClientInFlight {
     fn finish(self, status: Option<u16>, error_type: Option<&'static str>) {
-        let ClientInFlight {
-            shared,
-            start,
-            mut record,
-        } = self;
-        record.duration = start.elapsed();
+        let ClientInFlight { shared, mut record } = self;
+        record.duration = record.start.elapsed();
         record.status = status;
         record.error_type = error_type;
         shared.recorder.finish_client(record);
@@ -119,7 +114,7 @@ where
             version: req.version(),
             status: None,
             error_type: None,
-            start: SystemTime::now(),
+            start: Instant::now(),
             duration: Duration::ZERO,
             span,
             parent_span_id,
@@ -128,7 +123,6 @@ where
             inner: self.inner.call(req),
             state: Some(ClientInFlight {
                 shared: Arc::clone(shared),
-                start: Instant::now(),
                 record,
             }),
         }

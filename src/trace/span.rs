@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use http::{Method, Version};
 use opentelemetry::trace::{Event, SpanKind, Status};
@@ -56,6 +57,30 @@ impl std::hash::Hasher for FnvHasher {
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Turns monotonic instants into wall-clock times: read once per export round,
+/// so the request path needs no `SystemTime::now()`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    system: SystemTime,
+    mono: Instant,
+}
+
+impl Clock {
+    pub(crate) fn now() -> Self {
+        Clock {
+            system: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    pub(crate) fn at(&self, instant: Instant) -> SystemTime {
+        match self.mono.checked_duration_since(instant) {
+            Some(ago) => self.system - ago,
+            None => self.system + instant.duration_since(self.mono),
         }
     }
 }
@@ -135,7 +160,6 @@ fn method_attrs(method: &Method, attrs: &mut Vec<KeyValue>) -> &'static str {
     }
 }
 
-
 impl SpanBuilder {
     /// The span name and the `http.route` value, made once per route and method.
     fn route_info(&mut self, method: &'static str, route: Option<&Route>) -> (Cow<'static, str>, Option<Value>) {
@@ -166,16 +190,16 @@ impl SpanBuilder {
     }
 
     /// The SERVER span for one request.
-    pub(crate) fn server_span(&mut self, r: Box<RequestRecord>) -> SpanData {
+    pub(crate) fn server_span(&mut self, r: Box<RequestRecord>, clock: &Clock) -> SpanData {
         let mut attrs = Vec::with_capacity(14);
         let method = method_attrs(&r.method, &mut attrs);
-        attrs.push(KeyValue::new(semconv::URL_PATH, r.uri.path().to_owned()));
-        if let Some(q) = r.uri.query() {
+        attrs.push(KeyValue::new(semconv::URL_PATH, r.path().to_owned()));
+        if let Some(q) = r.query() {
             attrs.push(KeyValue::new(semconv::URL_QUERY, redact_query(q)));
         }
         attrs.push(KeyValue::new(
             semconv::URL_SCHEME,
-            r.uri.scheme_str().unwrap_or("http").to_owned(),
+            if r.https { "https" } else { "http" },
         ));
         let (name, route) = self.route_info(method, r.route.as_ref());
         if let Some(route) = route {
@@ -188,12 +212,7 @@ impl SpanBuilder {
             semconv::NETWORK_PROTOCOL_VERSION,
             protocol_version(r.version),
         ));
-        let authority = r
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| r.host.as_ref().and_then(|h| h.to_str().ok()));
-        if let Some(authority) = authority {
+        if let Some(authority) = r.authority.as_ref().map(|a| a.as_str()) {
             let (host, port) = split_host_port(authority);
             attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
             if let Some(port) = port {
@@ -204,13 +223,14 @@ impl SpanBuilder {
             attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, client.ip().to_string()));
             attrs.push(KeyValue::new(semconv::CLIENT_PORT, i64::from(client.port())));
         }
-        if let Some(ua) = r.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            attrs.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.to_owned()));
+        if let Some(ua) = &r.user_agent {
+            attrs.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.as_str().to_owned()));
         }
         if let Some(e) = r.error_type {
             attrs.push(KeyValue::new(semconv::ERROR_TYPE, e));
         }
-        let end_time = r.start + r.duration;
+        let start_time = clock.at(r.start);
+        let end_time = start_time + r.duration;
         let mut events = SpanEvents::default();
         let status = match (&r.panic, r.status) {
             (Some(msg), _) => {
@@ -234,7 +254,7 @@ impl SpanBuilder {
             parent_span_is_remote: r.parent_is_remote,
             span_kind: SpanKind::Server,
             name,
-            start_time: r.start,
+            start_time,
             end_time,
             attributes: attrs,
             dropped_attributes_count: 0,
@@ -246,7 +266,7 @@ impl SpanBuilder {
     }
 
     /// The CLIENT span for one outgoing call.
-    pub(crate) fn client_span(&mut self, r: Box<ClientRecord>) -> SpanData {
+    pub(crate) fn client_span(&mut self, r: Box<ClientRecord>, clock: &Clock) -> SpanData {
         let mut attrs = Vec::with_capacity(8);
         let method = method_attrs(&r.method, &mut attrs);
         if let Some(host) = r.uri.host() {
@@ -282,8 +302,8 @@ impl SpanBuilder {
             parent_span_is_remote: false,
             span_kind: SpanKind::Client,
             name: Cow::Borrowed(method),
-            start_time: r.start,
-            end_time: r.start + r.duration,
+            start_time: clock.at(r.start),
+            end_time: clock.at(r.start) + r.duration,
             attributes: attrs,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
