@@ -102,13 +102,13 @@ pub(crate) struct RequestRecord {
 }
 
 impl RequestRecord {
-    pub(crate) fn path(&self) -> &str {
+    /// `url.path` and `url.query` from the request target.
+    pub(crate) fn path_and_query(&self) -> (&str, Option<&str>) {
         let t = self.target.as_str();
-        t.split_once('?').map_or(t, |(p, _)| p)
-    }
-
-    pub(crate) fn query(&self) -> Option<&str> {
-        self.target.as_str().split_once('?').map(|(_, q)| q)
+        match t.bytes().position(|b| b == b'?') {
+            Some(i) => (&t[..i], Some(&t[i + 1..])),
+            None => (t, None),
+        }
     }
 }
 

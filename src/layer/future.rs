@@ -57,21 +57,6 @@ impl<F> ResponseFuture<F> {
             state: None,
         }
     }
-
-    pub(crate) fn panicked(
-        cx: opentelemetry::Context,
-        mut state: Option<InFlight>,
-        panic: Box<dyn Any + Send>,
-    ) -> Self {
-        if let Some(s) = state.as_mut() {
-            s.record.panic = Some(panic_message(panic.as_ref()));
-        }
-        ResponseFuture {
-            inner: None,
-            cx: Some(cx),
-            state,
-        }
-    }
 }
 
 /// The panic's message when it is a string, as `std` prints it.

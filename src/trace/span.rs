@@ -193,8 +193,9 @@ impl SpanBuilder {
     pub(crate) fn server_span(&mut self, r: Box<RequestRecord>, clock: &Clock) -> SpanData {
         let mut attrs = Vec::with_capacity(14);
         let method = method_attrs(&r.method, &mut attrs);
-        attrs.push(KeyValue::new(semconv::URL_PATH, r.path().to_owned()));
-        if let Some(q) = r.query() {
+        let (path, query) = r.path_and_query();
+        attrs.push(KeyValue::new(semconv::URL_PATH, path.to_owned()));
+        if let Some(q) = query {
             attrs.push(KeyValue::new(semconv::URL_QUERY, redact_query(q)));
         }
         attrs.push(KeyValue::new(
