@@ -109,7 +109,7 @@ pub(crate) fn parse_traceparent(raw: &[u8]) -> Option<(TraceId, SpanId, TraceFla
     if v.len() < 55 {
         return None;
     }
-    let version = hex_u8(&v[0..2])?;
+    let [version] = hex_bytes::<1>(&v[0..2])?;
     if version == 0xff {
         return None;
     }
@@ -123,16 +123,16 @@ pub(crate) fn parse_traceparent(raw: &[u8]) -> Option<(TraceId, SpanId, TraceFla
     if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
-    let trace = hex_u128(&v[3..35])?;
-    let span = hex_u64(&v[36..52])?;
-    let flags = hex_u8(&v[53..55])?;
-    if trace == 0 || span == 0 {
+    let trace = hex_bytes::<16>(&v[3..35])?;
+    let span = hex_bytes::<8>(&v[36..52])?;
+    let [flags] = hex_bytes::<1>(&v[53..55])?;
+    if trace == [0; 16] || span == [0; 8] {
         return None;
     }
     // Keep the flags this version defines: sampled (0x01) and, from Level 2, random (0x02).
     Some((
-        TraceId::from(trace),
-        SpanId::from(span),
+        TraceId::from_bytes(trace),
+        SpanId::from_bytes(span),
         TraceFlags::new(flags & KNOWN_FLAGS),
     ))
 }
@@ -228,35 +228,46 @@ fn valid_value(value: &str) -> bool {
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| *b != b' ' && *b != b'\t')
-        .map_or(start, |e| e + 1);
-    &v[start..end]
-}
-
-#[inline]
-fn nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None, // uppercase hex is invalid in traceparent
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    match (v.first(), v.last()) {
+        (Some(first), Some(last)) if ows(first) || ows(last) => {
+            let start = v.iter().position(|b| !ows(b)).unwrap_or(v.len());
+            let end = v.iter().rposition(|b| !ows(b)).map_or(start, |e| e + 1);
+            &v[start..end]
+        }
+        _ => v,
     }
 }
 
-fn hex_u8(s: &[u8]) -> Option<u8> {
-    Some(nibble(s[0])? << 4 | nibble(s[1])?)
-}
+/// Lowercase hex digit values; every other byte (uppercase included, which
+/// `traceparent` forbids) maps to 0xFF.
+static HEX_VALUE: [u8; 256] = {
+    let mut table = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
-fn hex_u64(s: &[u8]) -> Option<u64> {
-    s.iter()
-        .try_fold(0u64, |acc, &b| Some(acc << 4 | u64::from(nibble(b)?)))
-}
-
-fn hex_u128(s: &[u8]) -> Option<u128> {
-    s.iter()
-        .try_fold(0u128, |acc, &b| Some(acc << 4 | u128::from(nibble(b)?)))
+/// Decodes `2 * N` lowercase hex digits. A table lookup per digit, with the
+/// validity of all digits checked once at the end.
+fn hex_bytes<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    let mut invalid = 0u8;
+    for (i, pair) in s.chunks_exact(2).take(N).enumerate() {
+        let hi = HEX_VALUE[usize::from(pair[0])];
+        let lo = HEX_VALUE[usize::from(pair[1])];
+        invalid |= hi | lo;
+        out[i] = hi << 4 | (lo & 0x0F);
+    }
+    (invalid & 0xF0 == 0 && s.len() == 2 * N).then_some(out)
 }
 
 /// Lets the SDK's propagators read an `http::HeaderMap`.

@@ -1,0 +1,205 @@
+//! What `benches/layer.rs` (criterion, time) and `benches/instr.rs` (callgrind,
+//! instructions) share: the configurations, the router and the request.
+//!
+//! Every configuration is the same axum router (`/users/{id}` returning a short
+//! string) driven in-process with `tower::ServiceExt::oneshot`; the layered ones add
+//! `apm.layer()` exporting through the real pipeline (queue, export thread, batches)
+//! to [`Noop`], an exporter that accepts and drops every batch.
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::{HeaderValue, Request};
+use http_body_util::BodyExt;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use tower::ServiceExt;
+use tower_apm::{Apm, Sampler};
+
+/// A sampled remote parent (`-01`).
+pub const TRACEPARENT_SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// The same parent, not sampled (`-00`).
+pub const TRACEPARENT_NOT_SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+
+/// Accepts every batch and drops it: the cost measured is the layer's and the
+/// pipeline's, not a collector's.
+#[derive(Debug)]
+pub struct Noop;
+
+impl SpanExporter for Noop {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Config {
+    /// No layer.
+    Bare,
+    /// `Router::layer(tower::layer::util::Identity::new())`: what axum itself costs
+    /// for any layer added with `Router::layer` (the floor under every layer).
+    NoopLayer,
+    /// No layer; the request carries a sampled `traceparent` (baseline of the
+    /// `*_traceparent` configurations).
+    BareTraceparent,
+    /// Layer, `always_on`, every span exported.
+    Sampled,
+    /// Layer, `always_off`: context only, nothing exported.
+    NotSampled,
+    /// Layer, default `parentbased_always_on`, sampled remote parent.
+    SampledTraceparent,
+    /// Layer, default `parentbased_always_on`, not-sampled remote parent.
+    NotSampledTraceparent,
+}
+
+impl Config {
+    /// Every configuration, baselines first.
+    pub const ALL: [Config; 7] = [
+        Config::Bare,
+        Config::NoopLayer,
+        Config::Sampled,
+        Config::NotSampled,
+        Config::BareTraceparent,
+        Config::SampledTraceparent,
+        Config::NotSampledTraceparent,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Bare => "bare",
+            Config::NoopLayer => "noop_layer",
+            Config::BareTraceparent => "bare_traceparent",
+            Config::Sampled => "sampled",
+            Config::NotSampled => "not_sampled",
+            Config::SampledTraceparent => "sampled_traceparent",
+            Config::NotSampledTraceparent => "not_sampled_traceparent",
+        }
+    }
+
+    /// The configuration named `name`.
+    #[allow(dead_code, reason = "used by instr.rs, not layer.rs")]
+    pub fn parse(name: &str) -> Option<Config> {
+        Config::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The configuration this one is compared with.
+    pub fn baseline(self) -> Config {
+        match self {
+            Config::Bare | Config::NoopLayer | Config::Sampled | Config::NotSampled => Config::Bare,
+            Config::BareTraceparent | Config::SampledTraceparent | Config::NotSampledTraceparent => {
+                Config::BareTraceparent
+            }
+        }
+    }
+
+    /// Whether every request's span reaches the exporter.
+    pub fn exports(self) -> bool {
+        matches!(self, Config::Sampled | Config::SampledTraceparent)
+    }
+
+    fn traceparent(self) -> Option<&'static str> {
+        match self {
+            Config::Bare | Config::NoopLayer | Config::Sampled | Config::NotSampled => None,
+            Config::BareTraceparent | Config::SampledTraceparent => Some(TRACEPARENT_SAMPLED),
+            Config::NotSampledTraceparent => Some(TRACEPARENT_NOT_SAMPLED),
+        }
+    }
+
+    fn sampler(self) -> Option<Sampler> {
+        match self {
+            Config::Bare | Config::NoopLayer | Config::BareTraceparent => None,
+            Config::Sampled => Some(Sampler::AlwaysOn),
+            Config::NotSampled => Some(Sampler::AlwaysOff),
+            Config::SampledTraceparent | Config::NotSampledTraceparent => Some(Sampler::default()),
+        }
+    }
+}
+
+/// A built configuration: the router, and the `Apm` behind its layer (none for
+/// the bare ones).
+#[derive(Debug)]
+pub struct Setup {
+    pub config: Config,
+    pub router: Router,
+    pub apm: Option<Apm>,
+    host: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
+}
+
+impl Setup {
+    pub fn new(config: Config) -> Setup {
+        let router = Router::new().route("/users/{id}", get(|| async { "hello, user" }));
+        let apm = config.sampler().map(|sampler| {
+            Apm::builder()
+                // A map, so the process environment cannot leak in; a queue large
+                // enough that no span is dropped between two batches.
+                .environment([
+                    ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
+                    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+                ])
+                .service_name("bench")
+                .sampler(sampler)
+                .span_exporter(Noop)
+                .build()
+                .expect("the bench configuration is valid")
+        });
+        let router = match (&apm, config) {
+            (Some(apm), _) => router.layer(apm.layer()),
+            (None, Config::NoopLayer) => router.layer(tower::layer::util::Identity::new()),
+            (None, _) => router,
+        };
+        // What `axum::serve` and `into_make_service` do once per connection: turn the
+        // handlers into routes with the layer applied. Without it a `Router<()>`
+        // called directly rebuilds (and re-boxes) the layered route on every request.
+        let router = router.with_state(());
+        Setup {
+            config,
+            router,
+            apm,
+            host: std::env::var("BENCH_HOST")
+                .ok()
+                .map(|h| HeaderValue::try_from(h).expect("BENCH_HOST is a valid header value")),
+            traceparent: config.traceparent().map(HeaderValue::from_static),
+        }
+    }
+
+    /// `GET /users/42`, with the configuration's `traceparent`, and with
+    /// `host: $BENCH_HOST` when that variable is set. (Without any header, the
+    /// layer's header lookups return early on the empty map; a real request always
+    /// has a `Host`, so they hash.)
+    pub fn request(&self) -> Request<Body> {
+        let mut req = Request::get("/users/42").body(Body::empty()).expect("a valid request");
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(http::header::HOST, host.clone());
+        }
+        if let Some(tp) = &self.traceparent {
+            req.headers_mut().insert("traceparent", tp.clone());
+        }
+        req
+    }
+
+    /// One request through the router, its body drained and dropped.
+    pub async fn one(&self) {
+        let res = self.router.clone().oneshot(self.request()).await.expect("infallible");
+        assert!(res.status().is_success(), "status {}", res.status());
+        let body = res.into_body().collect().await.expect("the body ends");
+        std::hint::black_box(body);
+    }
+
+    /// Flushes and stops the export pipeline.
+    pub async fn shutdown(&self) {
+        if let Some(apm) = &self.apm {
+            apm.shutdown().await.expect("the no-op exporter never fails");
+        }
+    }
+}
+
+/// A current-thread runtime with timers (flush and shutdown deadlines use them).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
