@@ -7,10 +7,10 @@
 //!
 //! When each part runs:
 //! - [`ApmService::call`]: extract `traceparent`/`tracestate`/`baggage`, decide
-//!   sampling, make the server span's context current while the inner service's
-//!   `call` runs.
-//! - [`ResponseFuture`]: the context is current during every poll of the handler;
-//!   a panic becomes a 500 response.
+//!   sampling, start the record (only when a sink will read it: today, when the
+//!   request is sampled).
+//! - [`ResponseFuture`]: the server span's context is current during every poll,
+//!   which is where handlers run; a panic while polling becomes a 500 response.
 //! - [`ResponseBody`]: counts bytes; the record ends when the body ends (or is
 //!   dropped, for example when the client goes away).
 
