@@ -55,13 +55,14 @@ async fn invalid_traceparent_starts_a_new_root_trace() {
     let apm = apm_to(&receiver, Transport::Grpc, &[]);
     let app = echo_app(&apm);
     let bad = [
-        format!("00-{TRACE}-{PARENT}-1"),                   // wrong length
-        format!("ff-{TRACE}-{PARENT}-01"),                  // version ff
-        format!("00-{}-{PARENT}-01", "0".repeat(32)),       // all-zero trace id
-        format!("00-{TRACE}-{}-01", "0".repeat(16)),        // all-zero parent id
-        format!("00-{TRACE}-{PARENT}-0g"),                  // non-hex
-        format!("00-{}-{PARENT}-01", TRACE.to_uppercase()), // uppercase
-        format!("00-{TRACE}-{PARENT}-01-extra"),            // version 00 with extra fields
+        format!("00-{TRACE}-{PARENT}-1"),                           // wrong length
+        format!("ff-{TRACE}-{PARENT}-01"),                          // version ff
+        format!("00-{}-{PARENT}-01", "0".repeat(32)),               // all-zero trace id
+        format!("00-{TRACE}-{}-01", "0".repeat(16)),                // all-zero parent id
+        format!("00-{TRACE}-{PARENT}-0g"),                          // non-hex
+        format!("00-{}-{PARENT}-01", TRACE.to_uppercase()),         // uppercase
+        format!("00-{TRACE}-{PARENT}-01-extra"),                    // version 00 with extra fields
+        format!("00-{TRACE}-{PARENT}-01{}", " x".repeat(8 * 1024)), // a huge header
     ];
     for tp in &bad {
         get_with(

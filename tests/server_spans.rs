@@ -256,3 +256,64 @@ async fn request_dropped_before_its_response_still_ends_in_one_span() {
     assert_eq!(s.str_attr("error.type").as_deref(), Some("cancelled"));
     assert_eq!(s.attr("http.response.status_code"), None);
 }
+
+#[tokio::test]
+async fn plain_tower_service_gets_its_route_from_the_route_function() {
+    use http_body_util::Full;
+    let receiver = Receiver::start().await;
+    let apm = apm_to(&receiver, Transport::Grpc, &[]);
+    let svc = tower::ServiceBuilder::new()
+        .layer(
+            apm.layer()
+                .route_with(|_, uri| uri.path().starts_with("/items/").then_some("/items/{id}")),
+        )
+        .service(tower::service_fn(|_req: Request<Full<bytes::Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from_static(b"item"))))
+        }));
+    let res = svc
+        .clone()
+        .oneshot(Request::get("/items/7").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&res.into_body().collect().await.unwrap().to_bytes()[..], b"item");
+    svc.oneshot(Request::get("/other").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    apm.force_flush().await.unwrap();
+    let spans = receiver.wait_for(2).await;
+    assert_eq!(spans[0].span.name, "GET /items/{id}");
+    assert_eq!(spans[0].str_attr("http.route").as_deref(), Some("/items/{id}"));
+    assert_eq!(spans[1].span.name, "GET", "no route: the method alone");
+}
+
+#[tokio::test]
+async fn layer_works_on_either_side_of_other_middleware() {
+    async fn tag(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+        let mut res = next.run(req).await;
+        res.headers_mut().insert("x-tag", http::HeaderValue::from_static("1"));
+        res
+    }
+    let receiver = Receiver::start().await;
+    let apm = apm_to(&receiver, Transport::Grpc, &[]);
+    let inner_first = Router::new()
+        .route("/a/{x}", get(|| async { "a" }))
+        .layer(apm.layer())
+        .layer(axum::middleware::from_fn(tag));
+    let outer_first = Router::new()
+        .route("/b/{x}", get(|| async { "b" }))
+        .layer(axum::middleware::from_fn(tag))
+        .layer(apm.layer());
+    for (app, uri) in [(inner_first, "/a/1"), (outer_first, "/b/1")] {
+        let res = app
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-tag"], "1");
+        res.into_body().collect().await.unwrap();
+    }
+    apm.force_flush().await.unwrap();
+    let spans = receiver.wait_for(2).await;
+    let mut names: Vec<_> = spans.iter().map(|s| s.span.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["GET /a/{x}", "GET /b/{x}"]);
+}
