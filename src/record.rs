@@ -145,6 +145,16 @@ impl Recorder {
         false
     }
 
+    /// Boxes a new record, reusing a box the export thread has emptied when one
+    /// is waiting.
+    pub(crate) fn boxed(&self, record: RequestRecord) -> Box<RequestRecord> {
+        if let Some(mut spare) = self.spans.as_ref().and_then(|q| q.reuse_record()) {
+            *spare = record;
+            return spare;
+        }
+        Box::new(record)
+    }
+
     pub(crate) fn finish(&self, record: Box<RequestRecord>) {
         if let Some(queue) = &self.spans {
             if record.span.is_sampled() {

@@ -124,17 +124,23 @@ impl Worker {
         let mut result = Ok(());
         let mut taken = self.queue.take(std::mem::take(&mut self.spare));
         let clock = Clock::now();
+        let mut emptied = Vec::new();
         let mut items = taken.drain(..).peekable();
         while items.peek().is_some() {
             let batch: Vec<_> = items
                 .by_ref()
                 .take(self.queue.batch_size())
                 .map(|item| match item {
-                    Item::Server(r) => self.spans.server_span(r, &clock),
+                    Item::Server(mut r) => {
+                        let span = self.spans.server_span(&mut r, &clock);
+                        emptied.push(r);
+                        span
+                    }
                     Item::Client(r) => self.spans.client_span(r, &clock),
                     Item::Sdk(s) => *s,
                 })
                 .collect();
+            self.queue.recycle_records(&mut emptied);
             if let Err(e) = self.export(batch).await {
                 result = Err(e);
             }

@@ -56,7 +56,7 @@ impl<S> ApmService<S> {
                 .map(ShortStr::new),
         };
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let record = Box::new(RequestRecord {
+        let record = self.shared.recorder.boxed(RequestRecord {
             method: req.method().clone(),
             route,
             target: ShortStr::new(target),

@@ -189,8 +189,9 @@ impl SpanBuilder {
         (Cow::Borrowed(name), Some(value))
     }
 
-    /// The SERVER span for one request.
-    pub(crate) fn server_span(&mut self, r: Box<RequestRecord>, clock: &Clock) -> SpanData {
+    /// The SERVER span for one request. Takes what it keeps out of `r`, so the
+    /// record's box can be reused.
+    pub(crate) fn server_span(&mut self, r: &mut RequestRecord, clock: &Clock) -> SpanData {
         let mut attrs = Vec::with_capacity(14);
         let method = method_attrs(&r.method, &mut attrs);
         let (path, query) = r.path_and_query();
@@ -250,7 +251,7 @@ impl SpanBuilder {
             _ => Status::Unset,
         };
         SpanData {
-            span_context: r.span,
+            span_context: r.span.clone(),
             parent_span_id: r.parent_span_id,
             parent_span_is_remote: r.parent_is_remote,
             span_kind: SpanKind::Server,
