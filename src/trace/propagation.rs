@@ -90,13 +90,14 @@ fn extract_trace_context(headers: &HeaderMap) -> Option<(SpanContext, Option<W3c
         return None; // two traceparent headers: ambiguous, start a new trace
     }
     let (trace_id, span_id, flags) = parse_traceparent(first.as_bytes())?;
-    let (state, raw) = if headers.contains_key(TRACESTATE) {
-        match parse_tracestate(headers.get_all(TRACESTATE).iter()) {
+    // One lookup: `get_all` finds the lines, `peek` tells whether there are any.
+    let mut lines = headers.get_all(TRACESTATE).iter().peekable();
+    let (state, raw) = match lines.peek() {
+        Some(_) => match parse_tracestate(lines) {
             Some((state, raw)) => (state, Some(raw)),
             None => (TraceState::NONE, None),
-        }
-    } else {
-        (TraceState::NONE, None)
+        },
+        None => (TraceState::NONE, None),
     };
     Some((SpanContext::new(trace_id, span_id, flags, true, state), raw))
 }
