@@ -85,10 +85,17 @@ impl Clock {
     }
 }
 
+/// How many distinct `Host` values keep their parsed, shared form. A service sees
+/// few; the cap bounds what a client sending random hosts can make it hold.
+const MAX_CACHED_AUTHORITIES: usize = 64;
+
 /// Builds span data.
 #[derive(Debug)]
 pub(crate) struct SpanBuilder {
     scope: InstrumentationScope,
+    /// `host[:port]` as sent, to `server.address` (shared) and `server.port`:
+    /// parsed once per distinct value, no allocation per span.
+    authorities: HashMap<Box<str>, (Arc<str>, Option<u16>), Fnv>,
 }
 
 impl Default for SpanBuilder {
@@ -98,6 +105,7 @@ impl Default for SpanBuilder {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
                 .build(),
+            authorities: HashMap::with_hasher(Fnv),
         }
     }
 }
@@ -189,6 +197,19 @@ impl SpanBuilder {
         (Cow::Borrowed(name), Some(value))
     }
 
+    /// `server.address` and `server.port` from the request's authority.
+    fn authority(&mut self, authority: &str) -> (Value, Option<u16>) {
+        if let Some((host, port)) = self.authorities.get(authority) {
+            return (Value::String(StringValue::from(Arc::clone(host))), *port);
+        }
+        let (host, port) = split_host_port(authority);
+        let host: Arc<str> = Arc::from(host);
+        if self.authorities.len() < MAX_CACHED_AUTHORITIES {
+            self.authorities.insert(authority.into(), (Arc::clone(&host), port));
+        }
+        (Value::String(StringValue::from(host)), port)
+    }
+
     /// The SERVER span for one request. Takes what it keeps out of `r`, so the
     /// record's box can be reused.
     pub(crate) fn server_span(&mut self, r: &mut RequestRecord, clock: &Clock) -> SpanData {
@@ -215,8 +236,8 @@ impl SpanBuilder {
             protocol_version(r.version),
         ));
         if let Some(authority) = r.authority.as_ref().map(|a| a.as_str()) {
-            let (host, port) = split_host_port(authority);
-            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
+            let (host, port) = self.authority(authority);
+            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
             if let Some(port) = port {
                 attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
             }
