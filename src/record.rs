@@ -39,31 +39,34 @@ impl Route {
 #[derive(Clone)]
 pub(crate) enum ShortStr {
     Inline { len: u8, buf: [u8; SHORT_INLINE] },
-    Heap(Box<str>),
+    Heap(Box<[u8]>),
 }
 
 const SHORT_INLINE: usize = 46;
 
 impl ShortStr {
-    pub(crate) fn new(s: &str) -> Self {
-        if s.len() <= SHORT_INLINE {
+    /// Copies `bytes` as they are; they are checked for UTF-8 once, when read on
+    /// the export thread, not on the request path.
+    pub(crate) fn new(bytes: &[u8]) -> Self {
+        if bytes.len() <= SHORT_INLINE {
             let mut buf = [0u8; SHORT_INLINE];
-            buf[..s.len()].copy_from_slice(s.as_bytes());
+            buf[..bytes.len()].copy_from_slice(bytes);
             ShortStr::Inline {
-                len: s.len() as u8,
+                len: bytes.len() as u8,
                 buf,
             }
         } else {
-            ShortStr::Heap(s.into())
+            ShortStr::Heap(bytes.into())
         }
     }
 
+    /// The text, or `""` when the bytes were not UTF-8 (a header with obs-text).
     pub(crate) fn as_str(&self) -> &str {
-        match self {
-            // Always a whole `&str` copied in `new`, so this never fails.
-            ShortStr::Inline { len, buf } => std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default(),
-            ShortStr::Heap(s) => s,
-        }
+        let bytes = match self {
+            ShortStr::Inline { len, buf } => &buf[..usize::from(*len)],
+            ShortStr::Heap(b) => b,
+        };
+        std::str::from_utf8(bytes).unwrap_or_default()
     }
 }
 

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath};
-use http::{Request, Response, header};
+use http::{Request, Response};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceState};
 use opentelemetry_sdk::trace::IdGenerator;
 
@@ -13,7 +13,7 @@ use super::future::ResponseFuture;
 use super::in_flight::InFlight;
 use super::{RouteFn, Shared};
 use crate::record::{RequestRecord, Route, ShortStr};
-use crate::trace::propagation::{self, RANDOM_TRACE_ID};
+use crate::trace::propagation::{self, RANDOM_TRACE_ID, RequestHeaders};
 
 /// The service made by [`ApmLayer`](super::ApmLayer): records each request of the
 /// inner service as a server span, with the span's context current inside it.
@@ -37,6 +37,7 @@ impl<S> ApmService<S> {
     fn in_flight<B>(
         &self,
         req: &Request<B>,
+        found: &RequestHeaders<'_>,
         span: SpanContext,
         parent_span_id: SpanId,
         parent_is_remote: bool,
@@ -47,26 +48,19 @@ impl<S> ApmService<S> {
             None => req.extensions().get::<MatchedPath>().cloned().map(Route::Matched),
         };
         let uri = req.uri();
-        let headers = req.headers();
         let authority = match uri.authority() {
-            Some(a) => Some(ShortStr::new(a.as_str())),
-            None => headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(ShortStr::new),
+            Some(a) => Some(ShortStr::new(a.as_str().as_bytes())),
+            None => found.host.map(|h| ShortStr::new(h.as_bytes())),
         };
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let record = self.shared.recorder.boxed(RequestRecord {
             method: req.method().clone(),
             route,
-            target: ShortStr::new(target),
+            target: ShortStr::new(target.as_bytes()),
             https: uri.scheme() == Some(&http::uri::Scheme::HTTPS),
             version: req.version(),
             authority,
-            user_agent: headers
-                .get(header::USER_AGENT)
-                .and_then(|h| h.to_str().ok())
-                .map(ShortStr::new),
+            user_agent: found.user_agent.map(|h| ShortStr::new(h.as_bytes())),
             client: req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0),
             status: None,
             error_type: None,
@@ -102,7 +96,8 @@ where
         if shared.disabled {
             return ResponseFuture::passthrough(self.inner.call(req));
         }
-        let extracted = propagation::extract(req.headers(), shared.propagation);
+        let found = RequestHeaders::scan(req.headers());
+        let extracted = propagation::extract(req.headers(), &found, shared.propagation);
         let parent = extracted.parent;
         let trace_id = match &parent {
             Some(p) => p.trace_id(),
@@ -125,7 +120,7 @@ where
         // A request no sink will read (not sampled, and no sink wants unsampled
         // records) only carries its context: no record, no clock reads.
         let state = if sampled || shared.recorder.wants_unsampled() {
-            Some(self.in_flight(&req, span, parent_span_id, parent_is_remote))
+            Some(self.in_flight(&req, &found, span, parent_span_id, parent_is_remote))
         } else {
             None
         };

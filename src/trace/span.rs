@@ -235,7 +235,7 @@ impl SpanBuilder {
             semconv::NETWORK_PROTOCOL_VERSION,
             protocol_version(r.version),
         ));
-        if let Some(authority) = r.authority.as_ref().map(|a| a.as_str()) {
+        if let Some(authority) = r.authority.as_ref().map(|a| a.as_str()).filter(|a| !a.is_empty()) {
             let (host, port) = self.authority(authority);
             attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
             if let Some(port) = port {
@@ -246,8 +246,8 @@ impl SpanBuilder {
             attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, client.ip().to_string()));
             attrs.push(KeyValue::new(semconv::CLIENT_PORT, i64::from(client.port())));
         }
-        if let Some(ua) = &r.user_agent {
-            attrs.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.as_str().to_owned()));
+        if let Some(ua) = r.user_agent.as_ref().map(|ua| ua.as_str()).filter(|ua| !ua.is_empty()) {
+            attrs.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.to_owned()));
         }
         if let Some(e) = r.error_type {
             attrs.push(KeyValue::new(semconv::ERROR_TYPE, e));
