@@ -60,13 +60,16 @@ impl ShortStr {
         }
     }
 
-    /// The text, or `""` when the bytes were not UTF-8 (a header with obs-text).
-    pub(crate) fn as_str(&self) -> &str {
-        let bytes = match self {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
             ShortStr::Inline { len, buf } => &buf[..usize::from(*len)],
             ShortStr::Heap(b) => b,
-        };
-        std::str::from_utf8(bytes).unwrap_or_default()
+        }
+    }
+
+    /// The text, or `""` when the bytes were not UTF-8 (a header with obs-text).
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 

@@ -95,7 +95,8 @@ pub(crate) struct SpanBuilder {
     scope: InstrumentationScope,
     /// `host[:port]` as sent, to `server.address` (shared) and `server.port`:
     /// parsed once per distinct value, no allocation per span.
-    authorities: HashMap<Box<str>, (Arc<str>, Option<u16>), Fnv>,
+    /// Keyed by the bytes as received, so a cached value needs no UTF-8 check.
+    authorities: HashMap<Box<[u8]>, (Arc<str>, Option<u16>), Fnv>,
 }
 
 impl Default for SpanBuilder {
@@ -198,16 +199,16 @@ impl SpanBuilder {
     }
 
     /// `server.address` and `server.port` from the request's authority.
-    fn authority(&mut self, authority: &str) -> (Value, Option<u16>) {
+    fn authority(&mut self, authority: &[u8]) -> Option<(Value, Option<u16>)> {
         if let Some((host, port)) = self.authorities.get(authority) {
-            return (Value::String(StringValue::from(Arc::clone(host))), *port);
+            return Some((Value::String(StringValue::from(Arc::clone(host))), *port));
         }
-        let (host, port) = split_host_port(authority);
+        let (host, port) = split_host_port(std::str::from_utf8(authority).ok().filter(|a| !a.is_empty())?);
         let host: Arc<str> = Arc::from(host);
         if self.authorities.len() < MAX_CACHED_AUTHORITIES {
             self.authorities.insert(authority.into(), (Arc::clone(&host), port));
         }
-        (Value::String(StringValue::from(host)), port)
+        Some((Value::String(StringValue::from(host)), port))
     }
 
     /// The SERVER span for one request. Takes what it keeps out of `r`, so the
@@ -235,8 +236,7 @@ impl SpanBuilder {
             semconv::NETWORK_PROTOCOL_VERSION,
             protocol_version(r.version),
         ));
-        if let Some(authority) = r.authority.as_ref().map(|a| a.as_str()).filter(|a| !a.is_empty()) {
-            let (host, port) = self.authority(authority);
+        if let Some((host, port)) = r.authority.as_ref().and_then(|a| self.authority(a.as_bytes())) {
             attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
             if let Some(port) = port {
                 attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
