@@ -89,6 +89,9 @@ impl Clock {
 /// few; the cap bounds what a client sending random hosts can make it hold.
 const MAX_CACHED_AUTHORITIES: usize = 64;
 
+/// `server.address` (shared) and `server.port` of one authority.
+type ServerAddress = (Arc<str>, Option<u16>);
+
 /// Builds span data.
 #[derive(Debug)]
 pub(crate) struct SpanBuilder {
@@ -96,7 +99,7 @@ pub(crate) struct SpanBuilder {
     /// `host[:port]` as sent, to `server.address` (shared) and `server.port`:
     /// parsed once per distinct value, no allocation per span.
     /// Keyed by the bytes as received, so a cached value needs no UTF-8 check.
-    authorities: HashMap<Box<[u8]>, (Arc<str>, Option<u16>), Fnv>,
+    authorities: HashMap<Box<[u8]>, ServerAddress, Fnv>,
 }
 
 impl Default for SpanBuilder {
