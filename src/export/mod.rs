@@ -8,7 +8,7 @@ mod stats;
 mod worker;
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_sdk::Resource;
@@ -48,24 +48,21 @@ impl fmt::Display for ExportError {
 
 impl std::error::Error for ExportError {}
 
-/// The handle `Apm` keeps: the queue, the command channel and the thread.
+/// The handle `Apm` keeps: the queue and the command channel. The export thread
+/// is detached: it exits when told to shut down or when this handle is dropped,
+/// and is never joined (joining could wait on a stuck DNS lookup in its runtime).
 #[derive(Debug)]
 pub(crate) struct Pipeline {
     pub(crate) queue: Arc<SpanQueue>,
     commands: mpsc::UnboundedSender<worker::Command>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Pipeline {
     pub(crate) fn start(spec: ExporterSpec, resource: Resource, batch: BatchConfig) -> Result<Self, ConfigError> {
         let queue = Arc::new(SpanQueue::new(batch.max_queue_size, batch.max_export_batch_size));
         let (tx, rx) = mpsc::unbounded_channel();
-        let thread = worker::spawn(spec, resource, batch, Arc::clone(&queue), rx)?;
-        Ok(Pipeline {
-            queue,
-            commands: tx,
-            thread: Mutex::new(Some(thread)),
-        })
+        worker::spawn(spec, resource, batch, Arc::clone(&queue), rx)?;
+        Ok(Pipeline { queue, commands: tx })
     }
 
     pub(crate) fn stats(&self) -> TelemetryStats {
@@ -91,9 +88,6 @@ impl Pipeline {
     }
 
     pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), ExportError> {
-        // The thread is not joined: it has answered (or missed the deadline) and
-        // exits on its own; joining could wait on a stuck DNS lookup in its runtime.
-        self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.command(worker::Command::Shutdown, deadline).await
     }
 }

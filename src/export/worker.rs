@@ -31,9 +31,9 @@ pub(crate) fn spawn(
     batch: BatchConfig,
     queue: Arc<SpanQueue>,
     commands: mpsc::UnboundedReceiver<Command>,
-) -> Result<std::thread::JoinHandle<()>, ConfigError> {
+) -> Result<(), ConfigError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), ConfigError>>(1);
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("tower-apm-export".into())
         .spawn(move || {
             let _silence = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
@@ -69,7 +69,7 @@ pub(crate) fn spawn(
         })
         .map_err(|e| ConfigError::Worker(e.to_string()))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(handle),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ConfigError::Worker("the export thread exited while starting".into())),
     }
