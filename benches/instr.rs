@@ -39,10 +39,6 @@ fn main() -> ExitCode {
     };
 
     let setup = Setup::new(config);
-    eprintln!(
-        "per-request state carried in the response body: size_of::<tower_apm::ResponseBody<axum::body::Body>>() = {} bytes",
-        std::mem::size_of::<tower_apm::ResponseBody<axum::body::Body>>()
-    );
     runtime().block_on(async {
         for _ in 0..WARMUP {
             setup.one().await;

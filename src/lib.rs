@@ -93,7 +93,7 @@
 //! ## Layout
 //!
 //! - [`Apm`] / [`ApmBuilder`]: the handle and its configuration.
-//! - [`ApmLayer`]: the server layer ([`ApmService`], [`ResponseFuture`], [`ResponseBody`]).
+//! - [`ApmLayer`]: the server layer ([`ApmService`], [`ResponseFuture`]).
 //! - [`ClientLayer`]: the client layer for outgoing calls.
 //! - [`Sampler`], [`Protocol`], [`TelemetryStats`], [`ConfigError`], [`ExportError`].
 //!
@@ -116,5 +116,5 @@ mod trace;
 pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};
-pub use layer::{ApmLayer, ApmService, ResponseBody, ResponseFuture};
+pub use layer::{ApmLayer, ApmService, ResponseFuture};
 pub use trace::{ClientFuture, ClientLayer, ClientService, Sampler};

@@ -13,7 +13,7 @@ pin_project! {
     /// inner body through unchanged and ends the request's span when the last frame
     /// has been sent, when the body fails, or when it is dropped unfinished (the
     /// client went away).
-    pub struct ResponseBody<B> {
+    pub(crate) struct ResponseBody<B> {
         #[pin]
         inner: Option<B>,
         state: Option<InFlight>,

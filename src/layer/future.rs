@@ -7,6 +7,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::body::Body;
+use bytes::Bytes;
 use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
 
@@ -70,13 +72,16 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
-fn internal_error<B>(state: Option<InFlight>) -> Response<ResponseBody<B>> {
-    let mut state = state;
-    if let Some(s) = state.as_mut() {
-        s.record.error_type = Some("panic");
-        s.set_status(500);
-    }
-    let mut res = Response::new(ResponseBody::empty(state));
+fn internal_error(state: Option<InFlight>) -> Response<Body> {
+    let body = match state {
+        Some(mut s) => {
+            s.record.error_type = Some("panic");
+            s.set_status(500);
+            Body::new(ResponseBody::<Body>::empty(Some(s)))
+        }
+        None => Body::empty(),
+    };
+    let mut res = Response::new(body);
     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     res
 }
@@ -84,8 +89,10 @@ fn internal_error<B>(state: Option<InFlight>) -> Response<ResponseBody<B>> {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<Body>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -99,11 +106,17 @@ where
         match polled {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(Ok(res))) => {
-                let mut state = this.state.take();
-                if let Some(s) = state.as_mut() {
-                    s.set_status(res.status().as_u16());
-                }
-                Poll::Ready(Ok(res.map(|body| ResponseBody::new(body, state))))
+                // Unrecorded, an axum `Body` passes through as it is (`Body::new`
+                // does not box a `Body` again); recorded, it is wrapped once here
+                // rather than by axum after us.
+                let res = match this.state.take() {
+                    None => res.map(Body::new),
+                    Some(mut s) => {
+                        s.set_status(res.status().as_u16());
+                        res.map(|body| Body::new(ResponseBody::new(body, Some(s))))
+                    }
+                };
+                Poll::Ready(Ok(res))
             }
             Ok(Poll::Ready(Err(e))) => {
                 if let Some(mut s) = this.state.take() {

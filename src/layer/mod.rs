@@ -11,8 +11,10 @@
 //!   request is sampled).
 //! - [`ResponseFuture`]: the server span's context is current during every poll,
 //!   which is where handlers run; a panic while polling becomes a 500 response.
-//! - [`ResponseBody`]: counts bytes; the record ends when the body ends (or is
-//!   dropped, for example when the client goes away).
+//! - [`ResponseBody`](body::ResponseBody): only around a recorded response; counts bytes; the record
+//!   ends when the body ends (or is dropped, for example when the client goes
+//!   away). Responses leave as axum's `Body` either way, so an unrecorded axum
+//!   response passes through without an allocation.
 
 mod body;
 mod future;
@@ -24,7 +26,6 @@ use std::sync::Arc;
 use http::{Method, Uri};
 use opentelemetry_sdk::trace::RandomIdGenerator;
 
-pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use service::ApmService;
 

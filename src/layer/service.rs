@@ -82,8 +82,13 @@ impl<S> ApmService<S> {
 impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for ApmService<S>
 where
     S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResB::Error: Into<axum::BoxError>,
 {
-    type Response = Response<super::ResponseBody<ResB>>;
+    /// Responses come back with axum's [`Body`](axum::body::Body): an axum body
+    /// passes through without another allocation, and the record travels inside
+    /// it only when a sink will read it.
+    type Response = Response<axum::body::Body>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
