@@ -36,6 +36,23 @@ struct CachedRoute {
     names: Vec<(&'static str, &'static str)>,
 }
 
+impl CachedRoute {
+    /// The span name for `method` (made and leaked the first time) and the
+    /// shared `http.route` value.
+    fn info(&mut self, method: &'static str, template: &str) -> (Cow<'static, str>, Option<Value>) {
+        let name = match self.names.iter().find(|(m, _)| *m == method) {
+            Some((_, name)) => *name,
+            None => {
+                let name: &'static str = Box::leak(format!("{method} {template}").into_boxed_str());
+                self.names.push((method, name));
+                name
+            }
+        };
+        let value = Value::String(StringValue::from(Arc::clone(&self.value)));
+        (Cow::Borrowed(name), Some(value))
+    }
+}
+
 /// FNV-1a: route templates are short, trusted strings; SipHash's DoS resistance
 /// buys nothing here and costs more than the rest of the lookup.
 #[derive(Default, Clone, Copy)]
@@ -181,24 +198,22 @@ impl SpanBuilder {
         let template = route.as_str();
         let mut routes = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
         let routes = routes.get_or_insert_with(|| HashMap::with_hasher(Fnv));
-        if !routes.contains_key(template) && routes.len() >= MAX_CACHED_ROUTES {
+        // Looked up by `&str`: `entry()` would take an owned key, an allocation
+        // and a free on every span for a route already cached.
+        if let Some(cached) = routes.get_mut(template) {
+            return cached.info(method, template);
+        }
+        if routes.len() >= MAX_CACHED_ROUTES {
             let value = Value::String(StringValue::from(template.to_owned()));
             return (Cow::Owned(format!("{method} {template}")), Some(value));
         }
-        let cached = routes.entry(template.into()).or_insert_with(|| CachedRoute {
+        let mut cached = CachedRoute {
             value: Arc::from(template),
             names: Vec::new(),
-        });
-        let name = match cached.names.iter().find(|(m, _)| *m == method) {
-            Some((_, name)) => *name,
-            None => {
-                let name: &'static str = Box::leak(format!("{method} {template}").into_boxed_str());
-                cached.names.push((method, name));
-                name
-            }
         };
-        let value = Value::String(StringValue::from(Arc::clone(&cached.value)));
-        (Cow::Borrowed(name), Some(value))
+        let info = cached.info(method, template);
+        routes.insert(template.into(), cached);
+        info
     }
 
     /// `server.address` and `server.port` from the request's authority.
