@@ -10,6 +10,8 @@ use opentelemetry_sdk::trace::{RandomIdGenerator, SdkTracer, SdkTracerProvider, 
 use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
 use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
 use crate::layer::{ApmLayer, Shared};
+use crate::metrics::Metrics;
+use crate::metrics::prometheus::{self, Format, Scrape};
 use crate::record::Recorder;
 use crate::trace::{ClientLayer, Sampler};
 
@@ -38,6 +40,8 @@ struct Inner {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     flush_deadline: Duration,
+    metrics: Option<Arc<Metrics>>,
+    resource: opentelemetry_sdk::Resource,
 }
 
 /// Builds an [`Apm`]. Every setting has a default; the standard `OTEL_*`
@@ -120,6 +124,75 @@ impl Apm {
             .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(self.tracer_provider());
         Ok(())
+    }
+
+    /// The Prometheus endpoint, `GET /metrics`, to merge into the application's
+    /// router (`app.merge(apm.metrics_router())`) or to serve on its own port with
+    /// [`Apm::serve_metrics`]. It answers in the text format 0.0.4, or in
+    /// OpenMetrics 1.0 with exemplars (the trace ids of sampled requests) when the
+    /// scraper asks for it, as Prometheus does.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tower_apm::ConfigError> {
+    /// use axum::{Router, routing::get};
+    ///
+    /// let apm = tower_apm::Apm::builder().service_name("checkout").build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/users/{id}", get(|| async { "hi" }))
+    ///     .merge(apm.metrics_router())
+    ///     .layer(apm.layer());
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics_router(&self) -> axum::Router {
+        prometheus::router(prometheus::Endpoint { apm: self.clone() })
+    }
+
+    /// Serves [`Apm::metrics_router`] on its own listener (for example a port
+    /// that is not exposed with the application), on the current tokio runtime,
+    /// until the runtime stops. Returns the address it listens on (useful with
+    /// port 0).
+    ///
+    /// # Errors
+    /// The address cannot be bound (it is in use, or not local): the error says
+    /// which address.
+    pub async fn serve_metrics(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}")))?;
+        let local = listener.local_addr()?;
+        let router = self.metrics_router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(target: "tower_apm", error = %e, "the metrics endpoint stopped");
+            }
+        });
+        Ok(local)
+    }
+
+    /// Every metric in one exposition format.
+    pub(crate) fn render_metrics(&self, format: Format) -> String {
+        let empty;
+        let metrics = match &self.inner.metrics {
+            Some(m) => m.as_ref(),
+            None => {
+                empty = Metrics::new(1);
+                &empty
+            }
+        };
+        let process = crate::metrics::process::sample();
+        let cpu_utilization = process
+            .as_ref()
+            .and_then(|p| metrics.cpu.update(std::time::Instant::now(), p));
+        prometheus::render(
+            &Scrape {
+                metrics,
+                resource: &self.inner.resource,
+                stats: self.stats(),
+                process,
+                cpu_utilization,
+            },
+            format,
+        )
     }
 
     /// The export pipeline's counters: spans exported, spans dropped (queue full or
@@ -238,6 +311,21 @@ impl ApmBuilder {
         self
     }
 
+    /// Turns the request metrics on or off (else on, unless
+    /// `OTEL_METRICS_EXPORTER=none`). Off, an unsampled request costs only its
+    /// trace context.
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.settings.metrics = Some(enabled);
+        self
+    }
+
+    /// The most series a request metric keeps (default 2,000); requests beyond
+    /// them are counted in one overflow series (`otel_metric_overflow="true"`).
+    pub fn metrics_max_series(mut self, max: usize) -> Self {
+        self.settings.max_series = Some(max);
+        self
+    }
+
     /// Sends spans to `exporter` instead of OTLP (for example an in-memory
     /// exporter in tests, or another backend's SDK exporter). Batching, dropping
     /// and counting stay the same.
@@ -276,9 +364,11 @@ impl ApmBuilder {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         );
+        let metrics =
+            (config.metrics.enabled && !config.disabled).then(|| Arc::new(Metrics::new(config.metrics.max_series)));
         let shared = Arc::new(Shared {
             disabled: config.disabled,
-            recorder: Recorder::new(pipeline.as_ref().map(|p| Arc::clone(&p.queue))),
+            recorder: Recorder::new(pipeline.as_ref().map(|p| Arc::clone(&p.queue)), metrics.clone()),
             sampler: config.sampler,
             propagation: config.propagation,
             ids: RandomIdGenerator::default(),
@@ -290,6 +380,8 @@ impl ApmBuilder {
                 provider,
                 tracer,
                 flush_deadline: config.batch.export_timeout,
+                metrics,
+                resource: config.resource,
             }),
         })
     }

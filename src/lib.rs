@@ -109,6 +109,7 @@ mod apm;
 mod config;
 mod export;
 mod layer;
+mod metrics;
 mod record;
 mod redact;
 mod trace;

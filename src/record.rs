@@ -13,6 +13,7 @@ use http::{Method, Uri, Version};
 use opentelemetry::trace::{SpanContext, SpanId};
 
 use crate::export::{Item, SpanQueue};
+use crate::metrics::Metrics;
 
 /// A route template: `&'static` from a user route function, or axum's
 /// `MatchedPath` (a shared string). Neither allocates per request.
@@ -102,6 +103,8 @@ pub(crate) struct RequestRecord {
     pub(crate) start: Instant,
     pub(crate) duration: Duration,
     pub(crate) response_body_bytes: u64,
+    /// `Content-Length` of the request, when it had one.
+    pub(crate) request_body_bytes: Option<u64>,
     pub(crate) span: SpanContext,
     pub(crate) parent_span_id: SpanId,
     pub(crate) parent_is_remote: bool,
@@ -132,23 +135,31 @@ pub(crate) struct ClientRecord {
     pub(crate) parent_span_id: SpanId,
 }
 
-/// Hands finished records to the sinks. Today the sink is the span exporter; the
-/// metrics, access-log and security sinks read the same record.
+/// Hands finished records to the sinks: the metrics (every request) and the
+/// span exporter (sampled requests). The access-log and security sinks read the
+/// same record.
 #[derive(Debug, Clone)]
 pub(crate) struct Recorder {
     spans: Option<Arc<SpanQueue>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Recorder {
-    pub(crate) fn new(spans: Option<Arc<SpanQueue>>) -> Self {
-        Recorder { spans }
+    pub(crate) fn new(spans: Option<Arc<SpanQueue>>, metrics: Option<Arc<Metrics>>) -> Self {
+        Recorder { spans, metrics }
     }
 
-    /// Whether any sink reads records of requests that are not sampled. None does
-    /// yet, so an unsampled request only carries its trace context; the metrics
-    /// and access-log sinks read every request.
+    /// Whether any sink reads records of requests that are not sampled: the
+    /// metrics do. Without them an unsampled request only carries its context.
     pub(crate) fn wants_unsampled(&self) -> bool {
-        false
+        self.metrics.is_some()
+    }
+
+    /// A request started (counted in flight until [`Recorder::finish`]).
+    pub(crate) fn started(&self, method: &Method, https: bool) {
+        if let Some(m) = &self.metrics {
+            m.started(method, https);
+        }
     }
 
     /// Boxes a new record, reusing a box the export thread has emptied when one
@@ -162,9 +173,14 @@ impl Recorder {
     }
 
     pub(crate) fn finish(&self, record: Box<RequestRecord>) {
+        if let Some(m) = &self.metrics {
+            m.record(&record);
+        }
         if let Some(queue) = &self.spans {
             if record.span.is_sampled() {
                 queue.push(Item::Server(record));
+            } else {
+                queue.recycle_record(record);
             }
         }
     }

@@ -42,6 +42,19 @@ pub(crate) struct Settings {
     pub(crate) timeout: Option<Duration>,
     pub(crate) sampler: Option<Sampler>,
     pub(crate) custom_exporter: bool,
+    pub(crate) metrics: Option<bool>,
+    pub(crate) max_series: Option<usize>,
+}
+
+/// Which metric readers run (`OTEL_METRICS_EXPORTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MetricsConfig {
+    /// Requests are aggregated (any reader, or the builder's `metrics(true)`).
+    pub(crate) enabled: bool,
+    /// Metrics are pushed over OTLP (`otlp` in the list; the default).
+    pub(crate) push: bool,
+    /// Series per metric before the overflow series.
+    pub(crate) max_series: usize,
 }
 
 /// Batch export settings (`OTEL_BSP_*`).
@@ -80,6 +93,7 @@ pub(crate) struct Config {
     pub(crate) sampler: Sampler,
     pub(crate) batch: BatchConfig,
     pub(crate) propagation: Propagation,
+    pub(crate) metrics: MetricsConfig,
 }
 
 const SERVICE_NAME: &str = opentelemetry_semantic_conventions::resource::SERVICE_NAME;
@@ -99,6 +113,7 @@ impl Config {
             sampler: sampler(s)?,
             batch: batch(env)?,
             propagation: propagation(env)?,
+            metrics: metrics(s)?,
         })
     }
 }
@@ -152,6 +167,42 @@ fn default_service_name() -> String {
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .map(|exe| format!("unknown_service:{exe}"))
         .unwrap_or_else(|| "unknown_service".to_owned())
+}
+
+/// `OTEL_METRICS_EXPORTER`: a comma-separated list of `otlp` (the default),
+/// `prometheus` (pull: the endpoint of `Apm::metrics_router`) and `none`.
+fn metrics(s: &Settings) -> Result<MetricsConfig, ConfigError> {
+    let (mut pull, mut push) = (false, true);
+    if let Some(v) = s.env.get("OTEL_METRICS_EXPORTER") {
+        push = false;
+        for item in v.split(',').map(str::trim) {
+            match item {
+                "otlp" => push = true,
+                "prometheus" => pull = true,
+                "none" => {}
+                _ => {
+                    return Err(ConfigError::var(
+                        "OTEL_METRICS_EXPORTER",
+                        &v,
+                        "a comma-separated list of `otlp`, `prometheus` or `none`",
+                    ));
+                }
+            }
+        }
+    }
+    let max_series = s.max_series.unwrap_or(crate::metrics::DEFAULT_MAX_SERIES);
+    if max_series == 0 {
+        return Err(ConfigError::setting(
+            "metrics_max_series",
+            "0",
+            "at least 1 (the series kept before requests go to the overflow series)",
+        ));
+    }
+    Ok(MetricsConfig {
+        enabled: s.metrics.unwrap_or(pull || push),
+        push,
+        max_series,
+    })
 }
 
 fn otlp(s: &Settings) -> Result<Option<OtlpConfig>, ConfigError> {

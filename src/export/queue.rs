@@ -110,6 +110,15 @@ impl SpanQueue {
         boxes.clear();
     }
 
+    /// Hands back the box of a record no span was made from (an unsampled
+    /// request the metrics read on the request path).
+    pub(crate) fn recycle_record(&self, record: Box<RequestRecord>) {
+        let mut spare = self.spare_records.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < MAX_SPARE_RECORDS {
+            spare.push(record);
+        }
+    }
+
     pub(crate) fn batch_size(&self) -> usize {
         self.batch
     }

@@ -53,11 +53,13 @@ impl<S> ApmService<S> {
             None => found.host.map(|h| ShortStr::new(h.as_bytes())),
         };
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        self.shared.recorder.started(req.method(), https);
         let record = self.shared.recorder.boxed(RequestRecord {
             method: req.method().clone(),
             route,
             target: ShortStr::new(target.as_bytes()),
-            https: uri.scheme() == Some(&http::uri::Scheme::HTTPS),
+            https,
             version: req.version(),
             authority,
             user_agent: found.user_agent.map(|h| ShortStr::new(h.as_bytes())),
@@ -68,6 +70,7 @@ impl<S> ApmService<S> {
             start,
             duration: Duration::ZERO,
             response_body_bytes: 0,
+            request_body_bytes: found.content_length.and_then(|v| parse_u64(v.as_bytes())),
             span,
             parent_span_id,
             parent_is_remote,
@@ -134,4 +137,15 @@ where
         // too, and catching panics there, measured at ~250 instructions a request.)
         ResponseFuture::new(self.inner.call(req), cx, state)
     }
+}
+
+/// A `Content-Length` value: ASCII digits only, as RFC 9110 has it.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| match d {
+        b'0'..=b'9' => Some(n * 10 + u64::from(d - b'0')),
+        _ => None,
+    })
 }

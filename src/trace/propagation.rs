@@ -57,6 +57,7 @@ pub(crate) struct RequestHeaders<'a> {
     baggage: bool,
     pub(crate) host: Option<&'a HeaderValue>,
     pub(crate) user_agent: Option<&'a HeaderValue>,
+    pub(crate) content_length: Option<&'a HeaderValue>,
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -73,6 +74,9 @@ impl<'a> RequestHeaders<'a> {
                     found.user_agent.get_or_insert(value);
                 }
                 10 if *name == TRACESTATE => found.tracestate = true,
+                14 if name == http::header::CONTENT_LENGTH => {
+                    found.content_length.get_or_insert(value);
+                }
                 11 if *name == TRACEPARENT => {
                     found.traceparents = found.traceparents.saturating_add(1);
                     found.traceparent.get_or_insert(value);
