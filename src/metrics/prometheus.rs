@@ -336,19 +336,24 @@ pub(crate) fn render(scrape: &Scrape<'_>, format: Format) -> String {
             w.out.push('\n');
         }
         if let Some(fds) = p.open_fds {
-            let name = prom_name(names::PROCESS_UNIX_FILE_DESCRIPTOR_COUNT, "");
+            // `process.unix.file_descriptor.count` would map to `..._count`, which
+            // promtool rejects outside histograms and summaries; this is the name
+            // Prometheus' own client libraries give the same gauge.
+            let name = "process_open_fds";
             w.family(
-                &name,
+                name,
                 "gauge",
                 "",
                 "Number of unix file descriptors in use by the process.",
             );
-            w.sample(&name, &[], &fds.to_string());
+            w.sample(name, &[], &fds.to_string());
             w.out.push('\n');
         }
-        let threads = prom_name(names::PROCESS_THREAD_COUNT, "");
-        w.family(&threads, "gauge", "", "Process threads count.");
-        w.sample(&threads, &[], &p.threads.to_string());
+        // `process.thread.count`, named as Prometheus' client libraries name it,
+        // for the same reason as `process_open_fds`.
+        let threads = "process_threads";
+        w.family(threads, "gauge", "", "Process threads count.");
+        w.sample(threads, &[], &p.threads.to_string());
         w.out.push('\n');
     }
 
