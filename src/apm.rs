@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
 use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
 use crate::layer::{ApmLayer, Shared};
 use crate::metrics::Metrics;
+use crate::metrics::otlp::Pusher;
 use crate::metrics::prometheus::{self, Format, Scrape};
 use crate::record::Recorder;
 use crate::trace::{ClientLayer, Sampler};
@@ -41,6 +42,7 @@ struct Inner {
     tracer: SdkTracer,
     flush_deadline: Duration,
     metrics: Option<Arc<Metrics>>,
+    pusher: Option<Pusher>,
     resource: opentelemetry_sdk::Resource,
 }
 
@@ -198,10 +200,16 @@ impl Apm {
     /// The export pipeline's counters: spans exported, spans dropped (queue full or
     /// failed export), failed exports.
     pub fn stats(&self) -> TelemetryStats {
-        self.inner.pipeline.as_ref().map(Pipeline::stats).unwrap_or_default()
+        let mut stats = self.inner.pipeline.as_ref().map(Pipeline::stats).unwrap_or_default();
+        if let Some(p) = &self.inner.pusher {
+            stats.metric_exports = p.counters.exported.load(std::sync::atomic::Ordering::Relaxed);
+            stats.metric_export_failures = p.counters.failed.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        stats
     }
 
-    /// Exports every span finished so far, waiting at most the export timeout
+    /// Exports every span finished so far and pushes the metrics (when OTLP push
+    /// is on), waiting at most the export timeout
     /// (`OTEL_BSP_EXPORT_TIMEOUT`, 30 s by default).
     ///
     /// # Errors
@@ -215,13 +223,24 @@ impl Apm {
     /// # Errors
     /// The exporter failed, or `deadline` passed.
     pub async fn force_flush_within(&self, deadline: Duration) -> Result<(), ExportError> {
-        match &self.inner.pipeline {
-            Some(p) => p.flush(deadline).await,
-            None => Ok(()),
-        }
+        let spans = async {
+            match &self.inner.pipeline {
+                Some(p) => p.flush(deadline).await,
+                None => Ok(()),
+            }
+        };
+        let metrics = async {
+            match &self.inner.pusher {
+                Some(p) => p.flush(deadline).await,
+                None => Ok(()),
+            }
+        };
+        let (spans, metrics) = tokio::join!(spans, metrics);
+        spans.and(metrics)
     }
 
-    /// Flushes and stops the export pipeline, waiting at most the export timeout.
+    /// Flushes and stops the span pipeline and the metric push (a last push),
+    /// waiting at most the export timeout.
     /// A collector that is down or hangs cannot hold the caller past it.
     ///
     /// # Errors
@@ -235,10 +254,20 @@ impl Apm {
     /// # Errors
     /// The final export failed, or `deadline` passed.
     pub async fn shutdown_within(&self, deadline: Duration) -> Result<(), ExportError> {
-        match &self.inner.pipeline {
-            Some(p) => p.shutdown(deadline).await,
-            None => Ok(()),
-        }
+        let spans = async {
+            match &self.inner.pipeline {
+                Some(p) => p.shutdown(deadline).await,
+                None => Ok(()),
+            }
+        };
+        let metrics = async {
+            match &self.inner.pusher {
+                Some(p) => p.shutdown(deadline).await,
+                None => Ok(()),
+            }
+        };
+        let (spans, metrics) = tokio::join!(spans, metrics);
+        spans.and(metrics)
     }
 }
 
@@ -366,6 +395,12 @@ impl ApmBuilder {
         );
         let metrics =
             (config.metrics.enabled && !config.disabled).then(|| Arc::new(Metrics::new(config.metrics.max_series)));
+        let pusher = match &metrics {
+            Some(m) if config.metrics.push => {
+                Some(Pusher::start(Arc::clone(m), config.resource.clone(), &config.metrics)?)
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             disabled: config.disabled,
             recorder: Recorder::new(pipeline.as_ref().map(|p| Arc::clone(&p.queue)), metrics.clone()),
@@ -381,6 +416,7 @@ impl ApmBuilder {
                 tracer,
                 flush_deadline: config.batch.export_timeout,
                 metrics,
+                pusher,
                 resource: config.resource,
             }),
         })

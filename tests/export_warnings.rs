@@ -80,6 +80,9 @@ async fn failing_collector_warns_once_and_recovery_is_reported_once() {
         .collect();
     assert_eq!(failures.len(), 1, "one warning for the whole outage: {events:#?}");
     assert_eq!(failures[0].0, tracing::Level::WARN);
-    let recovered = events.iter().filter(|(_, m)| m.contains("recovered")).count();
-    assert_eq!(recovered, 1, "{events:#?}");
+    let count = |text: &str| events.iter().filter(|(_, m)| m.contains(text)).count();
+    assert_eq!(count("span export recovered"), 1, "{events:#?}");
+    // The metric push shares the endpoint: the same outage, the same one warning.
+    assert_eq!(count("metric export failed"), 1, "{events:#?}");
+    assert_eq!(count("metric export recovered"), 1, "{events:#?}");
 }

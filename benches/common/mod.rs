@@ -47,6 +47,10 @@ pub enum Config {
     Sampled,
     /// Layer, `always_off`: context only, nothing exported.
     NotSampled,
+    /// Layer, `always_on`, every span exported, and the request metrics.
+    SampledMetrics,
+    /// Layer, `always_off`, and the request metrics (every request recorded).
+    NotSampledMetrics,
     /// Layer, default `parentbased_always_on`, sampled remote parent.
     SampledTraceparent,
     /// Layer, default `parentbased_always_on`, not-sampled remote parent.
@@ -55,11 +59,13 @@ pub enum Config {
 
 impl Config {
     /// Every configuration, baselines first.
-    pub const ALL: [Config; 7] = [
+    pub const ALL: [Config; 9] = [
         Config::Bare,
         Config::NoopLayer,
         Config::Sampled,
         Config::NotSampled,
+        Config::SampledMetrics,
+        Config::NotSampledMetrics,
         Config::BareTraceparent,
         Config::SampledTraceparent,
         Config::NotSampledTraceparent,
@@ -73,6 +79,8 @@ impl Config {
             Config::BareTraceparent => "bare_traceparent",
             Config::Sampled => "sampled",
             Config::NotSampled => "not_sampled",
+            Config::SampledMetrics => "sampled_metrics",
+            Config::NotSampledMetrics => "not_sampled_metrics",
             Config::SampledTraceparent => "sampled_traceparent",
             Config::NotSampledTraceparent => "not_sampled_traceparent",
         }
@@ -87,7 +95,12 @@ impl Config {
     /// The configuration this one is compared with.
     pub fn baseline(self) -> Config {
         match self {
-            Config::Bare | Config::NoopLayer | Config::Sampled | Config::NotSampled => Config::Bare,
+            Config::Bare
+            | Config::NoopLayer
+            | Config::Sampled
+            | Config::NotSampled
+            | Config::SampledMetrics
+            | Config::NotSampledMetrics => Config::Bare,
             Config::BareTraceparent | Config::SampledTraceparent | Config::NotSampledTraceparent => {
                 Config::BareTraceparent
             }
@@ -96,12 +109,26 @@ impl Config {
 
     /// Whether every request's span reaches the exporter.
     pub fn exports(self) -> bool {
-        matches!(self, Config::Sampled | Config::SampledTraceparent)
+        matches!(
+            self,
+            Config::Sampled | Config::SampledTraceparent | Config::SampledMetrics
+        )
+    }
+
+    /// Whether the request metrics are on (off elsewhere, so the trace figures
+    /// stay comparable with those measured before metrics existed).
+    fn metrics(self) -> bool {
+        matches!(self, Config::SampledMetrics | Config::NotSampledMetrics)
     }
 
     fn traceparent(self) -> Option<&'static str> {
         match self {
-            Config::Bare | Config::NoopLayer | Config::Sampled | Config::NotSampled => None,
+            Config::Bare
+            | Config::NoopLayer
+            | Config::Sampled
+            | Config::NotSampled
+            | Config::SampledMetrics
+            | Config::NotSampledMetrics => None,
             Config::BareTraceparent | Config::SampledTraceparent => Some(TRACEPARENT_SAMPLED),
             Config::NotSampledTraceparent => Some(TRACEPARENT_NOT_SAMPLED),
         }
@@ -110,8 +137,8 @@ impl Config {
     fn sampler(self) -> Option<Sampler> {
         match self {
             Config::Bare | Config::NoopLayer | Config::BareTraceparent => None,
-            Config::Sampled => Some(Sampler::AlwaysOn),
-            Config::NotSampled => Some(Sampler::AlwaysOff),
+            Config::Sampled | Config::SampledMetrics => Some(Sampler::AlwaysOn),
+            Config::NotSampled | Config::NotSampledMetrics => Some(Sampler::AlwaysOff),
             Config::SampledTraceparent | Config::NotSampledTraceparent => Some(Sampler::default()),
         }
     }
@@ -138,8 +165,11 @@ impl Setup {
                 .environment([
                     ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
                     ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+                    // Metrics read in-process (the Prometheus endpoint), not pushed.
+                    ("OTEL_METRICS_EXPORTER", "prometheus"),
                 ])
                 .service_name("bench")
+                .metrics(config.metrics())
                 .sampler(sampler)
                 .span_exporter(Noop)
                 .build()

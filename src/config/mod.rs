@@ -47,7 +47,7 @@ pub(crate) struct Settings {
 }
 
 /// Which metric readers run (`OTEL_METRICS_EXPORTER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MetricsConfig {
     /// Requests are aggregated (any reader, or the builder's `metrics(true)`).
     pub(crate) enabled: bool,
@@ -55,6 +55,13 @@ pub(crate) struct MetricsConfig {
     pub(crate) push: bool,
     /// Series per metric before the overflow series.
     pub(crate) max_series: usize,
+    /// Where pushed metrics go (`OTEL_EXPORTER_OTLP_METRICS_*`, else the generic
+    /// `OTEL_EXPORTER_OTLP_*`).
+    pub(crate) otlp: OtlpConfig,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s).
+    pub(crate) interval: Duration,
+    /// `OTEL_METRIC_EXPORT_TIMEOUT` (default 30 s): the deadline of one push.
+    pub(crate) export_timeout: Duration,
 }
 
 /// Batch export settings (`OTEL_BSP_*`).
@@ -69,7 +76,8 @@ pub(crate) struct BatchConfig {
 /// Where and how spans are sent over OTLP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OtlpConfig {
-    /// For gRPC the collector's base URL; for HTTP the full `/v1/traces` URL.
+    /// For gRPC the collector's base URL; for HTTP the full `/v1/traces` (or
+    /// `/v1/metrics`) URL.
     pub(crate) endpoint: String,
     pub(crate) protocol: Protocol,
     pub(crate) headers: Vec<(String, String)>,
@@ -198,10 +206,22 @@ fn metrics(s: &Settings) -> Result<MetricsConfig, ConfigError> {
             "at least 1 (the series kept before requests go to the overflow series)",
         ));
     }
+    let millis = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        match s.env.get(name) {
+            Some(v) => match env::parse_millis(&v) {
+                Some(d) if !d.is_zero() => Ok(d),
+                _ => Err(ConfigError::var(name, &v, "a positive whole number of milliseconds")),
+            },
+            None => Ok(default),
+        }
+    };
     Ok(MetricsConfig {
         enabled: s.metrics.unwrap_or(pull || push),
         push,
         max_series,
+        otlp: otlp_for(s, &METRICS)?,
+        interval: millis("OTEL_METRIC_EXPORT_INTERVAL", Duration::from_secs(60))?,
+        export_timeout: millis("OTEL_METRIC_EXPORT_TIMEOUT", Duration::from_secs(30))?,
     })
 }
 
@@ -223,9 +243,42 @@ fn otlp(s: &Settings) -> Result<Option<OtlpConfig>, ConfigError> {
     if s.custom_exporter {
         return Ok(None);
     }
+    otlp_for(s, &TRACES).map(Some)
+}
+
+/// The signal-specific variables of one OTLP signal.
+struct SignalVars {
+    endpoint: &'static str,
+    protocol: &'static str,
+    headers: &'static str,
+    timeout: &'static str,
+    /// Appended to the generic endpoint for HTTP.
+    path: &'static str,
+}
+
+const TRACES: SignalVars = SignalVars {
+    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    path: "/v1/traces",
+};
+
+const METRICS: SignalVars = SignalVars {
+    endpoint: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    path: "/v1/metrics",
+};
+
+/// Where and how one signal is sent: builder settings, then the signal's own
+/// variable, then the generic one, then the default.
+fn otlp_for(s: &Settings, sig: &SignalVars) -> Result<OtlpConfig, ConfigError> {
+    let env = &s.env;
     let protocol = match s.protocol {
         Some(p) => p,
-        None => match env.get_either("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+        None => match env.get_either(sig.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL") {
             None => Protocol::Grpc,
             Some((_, v)) if v == "grpc" => Protocol::Grpc,
             Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
@@ -241,24 +294,24 @@ fn otlp(s: &Settings) -> Result<Option<OtlpConfig>, ConfigError> {
     let endpoint = match &s.endpoint {
         Some(e) => {
             check_endpoint(e).map_err(|why| ConfigError::setting("endpoint", e, why))?;
-            signal_url(e, protocol)
+            signal_url(e, protocol, sig.path)
         }
         None => {
-            if let Some(e) = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-                check_endpoint(&e).map_err(|why| ConfigError::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &e, why))?;
+            if let Some(e) = env.get(sig.endpoint) {
+                check_endpoint(&e).map_err(|why| ConfigError::var(sig.endpoint, &e, why))?;
                 e // the signal-specific URL is used as it is
             } else if let Some(e) = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
                 check_endpoint(&e).map_err(|why| ConfigError::var("OTEL_EXPORTER_OTLP_ENDPOINT", &e, why))?;
-                signal_url(&e, protocol)
+                signal_url(&e, protocol, sig.path)
             } else {
                 match protocol {
                     Protocol::Grpc => "http://localhost:4317".to_owned(),
-                    Protocol::HttpProtobuf => "http://localhost:4318/v1/traces".to_owned(),
+                    Protocol::HttpProtobuf => format!("http://localhost:4318{}", sig.path),
                 }
             }
         }
     };
-    let mut headers = match env.get_either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") {
+    let mut headers = match env.get_either(sig.headers, "OTEL_EXPORTER_OTLP_HEADERS") {
         Some((name, raw)) => {
             let kv = parse_key_values(name, &raw)?;
             for (k, v) in &kv {
@@ -287,19 +340,19 @@ fn otlp(s: &Settings) -> Result<Option<OtlpConfig>, ConfigError> {
     }
     let timeout = match s.timeout {
         Some(t) => t,
-        None => match env.get_either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
+        None => match env.get_either(sig.timeout, "OTEL_EXPORTER_OTLP_TIMEOUT") {
             Some((name, v)) => {
                 env::parse_millis(&v).ok_or_else(|| ConfigError::var(name, &v, "a whole number of milliseconds"))?
             }
             None => Duration::from_secs(10),
         },
     };
-    Ok(Some(OtlpConfig {
+    Ok(OtlpConfig {
         endpoint,
         protocol,
         headers,
         timeout,
-    }))
+    })
 }
 
 /// Accepts `http://host[:port][/path]`; says what is wrong otherwise.
@@ -322,11 +375,12 @@ fn check_endpoint(e: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The generic endpoint gets `/v1/traces` appended for HTTP; gRPC uses it as is.
-fn signal_url(base: &str, protocol: Protocol) -> String {
+/// The generic endpoint gets the signal's path (`/v1/traces`, `/v1/metrics`)
+/// appended for HTTP; gRPC uses it as is.
+fn signal_url(base: &str, protocol: Protocol, path: &str) -> String {
     match protocol {
         Protocol::Grpc => base.to_owned(),
-        Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        Protocol::HttpProtobuf => format!("{}{path}", base.trim_end_matches('/')),
     }
 }
 

@@ -5,7 +5,7 @@ mod exporter;
 mod processor;
 mod queue;
 mod stats;
-mod worker;
+pub(crate) mod worker;
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,6 +33,8 @@ pub enum ExportError {
     Deadline(Duration),
     /// The export thread is gone (already shut down).
     Stopped,
+    /// The metric push failed or timed out (collector down, refused, bad response).
+    Metrics(String),
 }
 
 impl fmt::Display for ExportError {
@@ -41,7 +43,8 @@ impl fmt::Display for ExportError {
             ExportError::Exporter(e) => write!(f, "span export failed: {e}"),
             ExportError::Timeout(d) => write!(f, "span export did not finish within {d:?}"),
             ExportError::Deadline(d) => write!(f, "telemetry flush did not finish within its {d:?} deadline"),
-            ExportError::Stopped => write!(f, "the span export pipeline is already shut down"),
+            ExportError::Stopped => write!(f, "the export pipeline is already shut down"),
+            ExportError::Metrics(e) => write!(f, "metric export failed: {e}"),
         }
     }
 }

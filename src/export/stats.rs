@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::queue::Counters;
 
-/// A snapshot of the span export pipeline's counters since start.
+/// A snapshot of the export counters since start: spans, and metric pushes.
 ///
 /// Spans that never reached the collector are in [`spans_dropped`](Self::spans_dropped):
 /// those refused because the queue was full (the collector is slower than the
@@ -19,8 +19,13 @@ pub struct TelemetryStats {
     pub spans_dropped_queue_full: u64,
     /// Spans lost in batches the exporter failed to send.
     pub spans_dropped_export_failed: u64,
-    /// Export attempts that failed or timed out.
+    /// Span export attempts that failed or timed out.
     pub export_failures: u64,
+    /// OTLP metric pushes the collector accepted.
+    pub metric_exports: u64,
+    /// OTLP metric pushes that failed or timed out (the next push resends the
+    /// cumulative totals, so nothing counted is lost).
+    pub metric_export_failures: u64,
 }
 
 impl TelemetryStats {
@@ -35,6 +40,8 @@ impl TelemetryStats {
             spans_dropped_queue_full: c.queue_full.load(Ordering::Relaxed),
             spans_dropped_export_failed: c.export_failed.load(Ordering::Relaxed),
             export_failures: c.failed_exports.load(Ordering::Relaxed),
+            metric_exports: 0,
+            metric_export_failures: 0,
         }
     }
 }

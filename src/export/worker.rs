@@ -203,7 +203,7 @@ impl Worker {
 
 /// Emits a rare warning to the application's global subscriber: this thread's own
 /// default is silenced, so the event is sent from a short-lived thread.
-fn report(f: impl FnOnce() + Send) {
+pub(crate) fn report(f: impl FnOnce() + Send) {
     std::thread::scope(|s| {
         let _ = std::thread::Builder::new().spawn_scoped(s, f);
     });

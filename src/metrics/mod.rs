@@ -1,6 +1,6 @@
 //! Metrics: each request's record aggregated once, on the request path, into the
 //! HTTP server metrics of the semantic conventions; read by the Prometheus
-//! endpoint ([`prometheus`]) and the OTLP push alike.
+//! endpoint ([`prometheus`]) and the OTLP push ([`otlp`]) alike.
 //!
 //! Why not the OpenTelemetry SDK's instruments: a histogram record there hashes
 //! the attribute set per instrument (about 1,600 instructions with three
@@ -18,6 +18,7 @@
 //! overflow series (`otel.metric.overflow="true"`, as the OpenTelemetry SDKs do),
 //! and counts those requests.
 
+pub(crate) mod otlp;
 pub(crate) mod process;
 pub(crate) mod prometheus;
 
@@ -260,6 +261,8 @@ pub(crate) struct Metrics {
     max_series: usize,
     /// `http.server.active_requests` by method slot and scheme.
     active: [[AtomicI64; 2]; METHODS.len()],
+    /// When the cumulative metrics started (OTLP `start_time_unix_nano`).
+    pub(crate) start: SystemTime,
     pub(crate) cpu: process::CpuUtilization,
 }
 
@@ -292,6 +295,7 @@ impl Metrics {
             overflowed: AtomicU64::new(0),
             max_series,
             active: Default::default(),
+            start: SystemTime::now(),
             cpu: process::CpuUtilization::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! Test support: a real OTLP receiver built on the official `opentelemetry-proto`
-//! crate. It decodes exactly what our exporter sends, over gRPC (a tonic
-//! `TraceService`) and over HTTP/protobuf (`POST /v1/traces`).
+//! crate. It decodes exactly what our exporters send, over gRPC (tonic
+//! `TraceService` and `MetricsService`) and over HTTP/protobuf (`POST /v1/traces`,
+//! `POST /v1/metrics`).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,6 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -91,6 +96,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Clone, Default)]
 struct Store {
     spans: Arc<Mutex<Vec<Received>>>,
+    metrics: Arc<Mutex<Vec<(ExportMetricsServiceRequest, Transport)>>>,
     arrived: Arc<Notify>,
 }
 
@@ -117,6 +123,24 @@ impl Store {
 }
 
 struct Grpc(Store);
+
+#[tonic::async_trait]
+impl MetricsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0
+            .metrics
+            .lock()
+            .unwrap()
+            .push((request.into_inner(), Transport::Grpc));
+        self.0.arrived.notify_waiters();
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Grpc {
@@ -151,9 +175,12 @@ impl Receiver {
         // Collectors forward gzip-compressed exports; accept them as a collector does.
         let svc =
             TraceServiceServer::new(Grpc(store.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let metrics_svc =
+            MetricsServiceServer::new(Grpc(store.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(svc)
+                .add_service(metrics_svc)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc))
                 .await
                 .unwrap();
@@ -161,7 +188,32 @@ impl Receiver {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_addr = http.local_addr().unwrap();
         let http_store = store.clone();
+        let metrics_store = store.clone();
         let app = axum::Router::new().route(
+            "/v1/metrics",
+            axum::routing::post(move |body: Bytes| {
+                let store = metrics_store.clone();
+                async move {
+                    match ExportMetricsServiceRequest::decode(body) {
+                        Ok(req) => {
+                            store.metrics.lock().unwrap().push((req, Transport::Http));
+                            store.arrived.notify_waiters();
+                            (
+                                http::StatusCode::OK,
+                                [(http::header::CONTENT_TYPE, "application/x-protobuf")],
+                                ExportMetricsServiceResponse { partial_success: None }.encode_to_vec(),
+                            )
+                        }
+                        Err(_) => (
+                            http::StatusCode::BAD_REQUEST,
+                            [(http::header::CONTENT_TYPE, "text/plain")],
+                            b"not an ExportMetricsServiceRequest".to_vec(),
+                        ),
+                    }
+                }
+            }),
+        );
+        let app = app.route(
             "/v1/traces",
             axum::routing::post(move |body: Bytes| {
                 let store = http_store.clone();
@@ -226,6 +278,36 @@ impl Receiver {
                 "receiver: condition not met within {timeout:?}; got {:#?}",
                 self.spans()
             ),
+        }
+    }
+
+    /// Every metric export received so far, with its transport.
+    pub fn metric_exports(&self) -> Vec<(ExportMetricsServiceRequest, Transport)> {
+        self.store.metrics.lock().unwrap().clone()
+    }
+
+    /// Waits (awaiting arrivals) until at least `n` metric exports have arrived;
+    /// panics after `timeout`.
+    pub async fn wait_for_metric_exports(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(ExportMetricsServiceRequest, Transport)> {
+        let wait = async {
+            loop {
+                let notified = self.store.arrived.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let got = self.metric_exports();
+                if got.len() >= n {
+                    return got;
+                }
+                notified.await;
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(got) => got,
+            Err(_) => panic!("receiver: {n} metric exports not received within {timeout:?}"),
         }
     }
 
