@@ -14,8 +14,11 @@
 //! - `/panic`          panics: a 500 with an `exception` event; the demo keeps serving
 //! - `/downstream`     calls `/users/42` on itself through the client layer: one
 //!   trace with two server spans and the client span between them
+//! - `/metrics`        the Prometheus endpoint: request duration histograms per
+//!   route, in-flight requests, body sizes, process CPU and memory (OpenMetrics
+//!   with exemplars when asked: `curl -H 'Accept: application/openmetrics-text' ...`)
 //!
-//! Ctrl-C (or `kill -TERM`) flushes the spans and exits 0.
+//! Ctrl-C (or `kill -TERM`) flushes the spans and metrics and exits 0.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route(
             "/",
-            get(|| async { "tower-apm demo: try /users/7, /slow, /error, /panic, /downstream\n" }),
+            get(|| async { "tower-apm demo: try /users/7, /slow, /error, /panic, /downstream, /metrics\n" }),
         )
         .route("/users/{id}", get(user))
         .route("/slow", get(slow))
@@ -65,6 +68,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/panic", get(panics))
         .route("/downstream", get(downstream))
         .with_state(App { client, addr })
+        // 5. The Prometheus endpoint, reading the same per-request records.
+        .merge(apm.metrics_router())
         .layer(apm.layer());
 
     println!("listening on http://{addr}");
@@ -72,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_graceful_shutdown(stop_signal())
         .await?;
 
-    // 5. Flush what is left, bounded by OTEL_BSP_EXPORT_TIMEOUT.
+    // 6. Flush what is left, bounded by OTEL_BSP_EXPORT_TIMEOUT.
     if let Err(e) = apm.shutdown().await {
         tracing::warn!(error = %e, "spans not flushed");
     }

@@ -1,9 +1,10 @@
 //! # tower-apm
 //!
-//! One `tower` layer that gives an axum or hyper service OpenTelemetry traces:
-//! a server span per request named and attributed by the stable HTTP semantic
-//! conventions, W3C `traceparent`/`tracestate`/`baggage` propagation in and out,
-//! and OTLP export (gRPC or HTTP/protobuf) that never slows or breaks a request.
+//! One `tower` layer that gives an axum or hyper service OpenTelemetry traces and
+//! metrics: a server span per request named and attributed by the stable HTTP
+//! semantic conventions, W3C `traceparent`/`tracestate`/`baggage` propagation in
+//! and out, per-route request metrics with a Prometheus endpoint, and OTLP export
+//! (gRPC or HTTP/protobuf) that never slows or breaks a request.
 //!
 //! ## Quick start
 //!
@@ -70,6 +71,50 @@
 //! answers, the request path does not wait: spans are dropped and counted
 //! ([`Apm::stats`]), with one warning when it starts and one when it recovers.
 //!
+//! ## Metrics
+//!
+//! The same layer records every request once (sampled or not) into the HTTP
+//! server metrics of the semantic conventions, with `http.request.method`,
+//! `http.route`, `http.response.status_code`, `url.scheme`,
+//! `network.protocol.version` and `error.type`:
+//! - `http.server.request.duration` (histogram, seconds, the advised buckets from
+//!   5 ms to 10 s; it runs to the end of the response body);
+//! - `http.server.request.body.size` (from `Content-Length`) and
+//!   `http.server.response.body.size` (bytes sent);
+//! - `http.server.active_requests` (by method and scheme; a request the client
+//!   abandons leaves it, with `error.type = "cancelled"` in the histograms);
+//! - `process.cpu.time`, `process.cpu.utilization`, `process.memory.usage`,
+//!   `process.memory.virtual`, open file descriptors and threads (Linux).
+//!
+//! Series are bounded by design: the route is the matched template, never the
+//! raw path; nothing the client sends (`Host`, headers, query) becomes a label;
+//! and beyond [`ApmBuilder::metrics_max_series`] requests go to one overflow series
+//! (`otel.metric.overflow = true`) and are counted.
+//!
+//! Two readers share that one aggregation. [`Apm::metrics_router`] serves
+//! Prometheus' text format, or OpenMetrics with exemplars (the trace id of sampled
+//! requests) when the scraper asks, as Prometheus does; names follow the
+//! OpenTelemetry-to-Prometheus rules (`http_server_request_duration_seconds_bucket`,
+//! `target_info` for the resource). [`Apm::serve_metrics`] serves it on a port of
+//! its own. And unless `OTEL_METRICS_EXPORTER` says otherwise, the metrics are
+//! pushed over OTLP every `OTEL_METRIC_EXPORT_INTERVAL` to the same collector as
+//! the spans.
+//!
+//! What to ask Prometheus (5-minute windows):
+//!
+//! ```text
+//! # throughput, requests per second, per route
+//! sum by (http_route) (rate(http_server_request_duration_seconds_count[5m]))
+//!
+//! # error rate: the share of requests answered with a 5xx
+//!   sum(rate(http_server_request_duration_seconds_count{http_response_status_code=~"5.."}[5m]))
+//! / sum(rate(http_server_request_duration_seconds_count[5m]))
+//!
+//! # p95 latency, per route
+//! histogram_quantile(0.95,
+//!   sum by (le, http_route) (rate(http_server_request_duration_seconds_bucket[5m])))
+//! ```
+//!
 //! ## Configuration
 //!
 //! | variable | default |
@@ -85,6 +130,9 @@
 //! | `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | `5000`, `30000` ms |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | `2048`, `512` |
 //! | `OTEL_PROPAGATORS` | `tracecontext,baggage` |
+//! | `OTEL_METRICS_EXPORTER` | `otlp` (a list of `otlp`, `prometheus`, `none`) |
+//! | `OTEL_EXPORTER_OTLP_METRICS_{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}` | as the generic `OTEL_EXPORTER_OTLP_*` (HTTP path `/v1/metrics`) |
+//! | `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_METRIC_EXPORT_TIMEOUT` | `60000`, `30000` ms |
 //!
 //! Explicit builder calls win over the variables; the variables win over the
 //! defaults. An invalid value is a [`ConfigError`] that names the variable and the
@@ -99,8 +147,8 @@
 //!
 //! ## Cargo features
 //!
-//! - `interop`: tests against real servers (a real OpenTelemetry collector, the
-//!   W3C trace-context suite); `.ci/run` installs them.
+//! - `interop`: tests against real servers (a real OpenTelemetry collector,
+//!   Prometheus and promtool, the W3C trace-context suite); `.ci/run` installs them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]

@@ -79,6 +79,18 @@ async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
     assert_eq!(status, 500);
     let (status, _) = get(format!("{base}/")).await;
     assert_eq!(status, 200, "the demo keeps serving after a panic");
+    let (status, metrics) = get(format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    let inner_count = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_count{") && l.contains("http_route=\"/users/{id}\"")
+        })
+        .unwrap_or_else(|| panic!("no /users/{{id}} series in\n{metrics}"));
+    assert!(
+        inner_count.ends_with(" 1"),
+        "the downstream call's request: {inner_count}"
+    );
     assert!(
         receiver.spans().is_empty(),
         "spans wait in the batch queue until the flush"
@@ -125,4 +137,8 @@ async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
         Some("500")
     );
     assert_eq!(outer.resource_attr("service.name").as_deref(), Some("tower-apm-demo"));
+
+    // The SIGTERM flush pushed the metrics too (OTLP is the default metrics exporter).
+    let pushed = receiver.wait_for_metric_exports(1, Duration::from_secs(10)).await;
+    assert!(!pushed.is_empty());
 }

@@ -460,3 +460,26 @@ fn an_unknown_metrics_exporter_is_an_error_naming_the_variable() {
     let msg = err.to_string();
     assert!(msg.contains("OTEL_METRICS_EXPORTER") && msg.contains("statsd"), "{msg}");
 }
+
+#[tokio::test]
+async fn serving_metrics_on_a_busy_port_is_an_error_naming_the_address() {
+    let apm = apm(&[]);
+    let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = busy.local_addr().unwrap();
+    let err = apm.serve_metrics(addr).await.expect_err("the port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+
+    // On a free port it serves the same page.
+    let served = apm.serve_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(served).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await.unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("target_info{"), "{page}");
+}
