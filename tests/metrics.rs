@@ -431,6 +431,14 @@ async fn openmetrics_carries_the_trace_id_of_a_sampled_request_as_an_exemplar() 
     assert!(text.ends_with("# EOF\n"));
     assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
     assert!(text.contains("# UNIT http_server_request_duration_seconds seconds"));
+    assert!(
+        text.contains("# TYPE target info\ntarget_info{"),
+        "OpenMetrics' info type"
+    );
+    assert!(
+        text.contains("# TYPE process_cpu_time_seconds counter\n"),
+        "counter family without _total"
+    );
     let exemplars: Vec<&str> = text.lines().filter(|l| l.contains(" # {trace_id=")).collect();
     assert_eq!(
         exemplars.len(),

@@ -226,9 +226,14 @@ pub(crate) fn render(scrape: &Scrape<'_>, format: Format) -> String {
     let series = scrape.metrics.series();
 
     // target_info: the resource attributes.
+    // OpenMetrics' info type names the family `target` and its sample `target_info`.
+    let (family, kind) = match format {
+        Format::OpenMetrics => ("target", "info"),
+        Format::Text => ("target_info", "gauge"),
+    };
     w.family(
-        "target_info",
-        if format == Format::OpenMetrics { "info" } else { "gauge" },
+        family,
+        kind,
         "",
         "Target metadata: the OpenTelemetry resource attributes",
     );
