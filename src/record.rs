@@ -4,6 +4,7 @@
 //! [`Recorder`] when the response body ends, or when the request is dropped. It
 //! knows nothing about any sink; each sink is its own module reading that one record.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +136,11 @@ pub(crate) struct ClientRecord {
     pub(crate) parent_span_id: SpanId,
 }
 
+thread_local! {
+    /// One emptied record box per thread, reused without a lock.
+    static SPARE_RECORD: Cell<Option<Box<RequestRecord>>> = const { Cell::new(None) };
+}
+
 /// Hands finished records to the sinks: the metrics (every request) and the
 /// span exporter (sampled requests). The access-log and security sinks read the
 /// same record.
@@ -162,14 +168,35 @@ impl Recorder {
         }
     }
 
-    /// Boxes a new record, reusing a box the export thread has emptied when one
-    /// is waiting.
+    /// Boxes a new record, reusing a box when one is waiting: this thread's last
+    /// unsampled record's, or one the export thread has emptied.
     pub(crate) fn boxed(&self, record: RequestRecord) -> Box<RequestRecord> {
-        if let Some(mut spare) = self.spans.as_ref().and_then(|q| q.reuse_record()) {
+        let spare = SPARE_RECORD
+            .with(Cell::take)
+            .or_else(|| self.spans.as_ref().and_then(|q| q.reuse_record()));
+        if let Some(mut spare) = spare {
             *spare = record;
             return spare;
         }
         Box::new(record)
+    }
+
+    /// Keeps the box of a record no span was made from for this thread's next
+    /// request (no lock), or hands it to the shared pool.
+    fn recycle(&self, record: Box<RequestRecord>) {
+        let record = SPARE_RECORD.with(|slot| match slot.take() {
+            None => {
+                slot.set(Some(record));
+                None
+            }
+            Some(kept) => {
+                slot.set(Some(kept));
+                Some(record)
+            }
+        });
+        if let (Some(record), Some(queue)) = (record, &self.spans) {
+            queue.recycle_record(record);
+        }
     }
 
     pub(crate) fn finish(&self, record: Box<RequestRecord>) {
@@ -179,10 +206,10 @@ impl Recorder {
         if let Some(queue) = &self.spans {
             if record.span.is_sampled() {
                 queue.push(Item::Server(record));
-            } else {
-                queue.recycle_record(record);
+                return;
             }
         }
+        self.recycle(record);
     }
 
     pub(crate) fn finish_client(&self, record: Box<ClientRecord>) {

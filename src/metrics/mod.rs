@@ -32,7 +32,7 @@ use http::Method;
 use opentelemetry::trace::{SpanId, TraceId};
 
 use crate::record::RequestRecord;
-use crate::trace::span::{method_name, protocol_version};
+use crate::trace::span::protocol_version;
 
 /// The bucket boundaries (seconds) the HTTP semantic conventions advise for
 /// `http.server.request.duration`.
@@ -69,8 +69,18 @@ const METHODS: [&str; 10] = [
 ];
 
 fn method_slot(m: &Method) -> usize {
-    let name = method_name(m).unwrap_or("_OTHER");
-    METHODS.iter().position(|n| *n == name).unwrap_or(METHODS.len() - 1)
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
 }
 
 /// A histogram of integer observations with fixed boundaries: bucket `i` counts
@@ -309,15 +319,33 @@ impl Metrics {
     /// series of its attributes, and no longer in flight.
     pub(crate) fn record(&self, r: &RequestRecord) {
         self.active[method_slot(&r.method)][usize::from(r.https)].fetch_sub(1, Ordering::Relaxed);
+        let slot = method_slot(&r.method);
         let key = Key {
-            method: method_name(&r.method).unwrap_or("_OTHER"),
+            method: METHODS[slot],
             route: r.route.as_ref().map(|r| r.as_str()),
             status: r.status,
             https: r.https,
             version: protocol_version(r.version),
             error_type: r.error_type,
         };
+        // Under the read lock, as long as it takes to count: no `Arc` traffic on
+        // the common path (a series that exists).
+        {
+            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = map
+                .map
+                .get(&key.hash())
+                .and_then(|v| v.iter().find(|s| s.attrs.matches(&key)))
+            {
+                Self::count(s, r);
+                return;
+            }
+        }
         let series = self.series_for(&key);
+        Self::count(&series, r);
+    }
+
+    fn count(series: &Series, r: &RequestRecord) {
         let nanos = u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX);
         let bucket = series.duration.observe(nanos);
         if let Some(n) = r.request_body_bytes {

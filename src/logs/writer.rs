@@ -1,0 +1,188 @@
+//! The one place log lines are written: a bounded queue and a background thread.
+//! A producer never waits: when the queue is full the line is dropped and
+//! counted, and the writer reports the count in the log itself (and in the
+//! metrics) every few seconds while it grows. A write that fails (a full disk)
+//! loses the line, counts it, and is reported once per outage on stderr.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::json::{JsonLine, write_timestamp};
+use super::rotate::RotatingFile;
+
+/// Where the lines go.
+pub(crate) enum Sink {
+    Stdout,
+    File(RotatingFile),
+    Writer(Box<dyn Write + Send>),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Stdout => f.write_str("Stdout"),
+            Sink::File(r) => f.debug_tuple("File").field(r).finish(),
+            Sink::Writer(_) => f.write_str("Writer"),
+        }
+    }
+}
+
+impl Sink {
+    fn write_line(&mut self, line: &[u8], now: SystemTime) -> io::Result<()> {
+        match self {
+            Sink::Stdout => io::stdout().lock().write_all(line),
+            Sink::File(f) => f.write_line(line, now),
+            Sink::Writer(w) => w.write_all(line),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Stdout => io::stdout().lock().flush(),
+            Sink::File(f) => f.flush(),
+            Sink::Writer(w) => w.flush(),
+        }
+    }
+}
+
+enum Msg {
+    Line(String),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Counters of the log writer.
+#[derive(Debug, Default)]
+pub(crate) struct LogCounters {
+    pub(crate) written: AtomicU64,
+    /// Lines refused because the queue was full.
+    pub(crate) dropped_full: AtomicU64,
+    /// Lines lost because writing them failed.
+    pub(crate) dropped_failed: AtomicU64,
+}
+
+/// How often a growing drop count is reported in the log.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// The producers' side of the writer.
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    tx: SyncSender<Msg>,
+    pub(crate) counters: Arc<LogCounters>,
+}
+
+impl LogWriter {
+    /// Starts the writer thread with a queue of `capacity` lines.
+    pub(crate) fn start(sink: Sink, capacity: usize) -> io::Result<LogWriter> {
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let counters = Arc::new(LogCounters::default());
+        let c = Arc::clone(&counters);
+        std::thread::Builder::new()
+            .name("tower-apm-logs".into())
+            .spawn(move || run(sink, &rx, &c))?;
+        Ok(LogWriter { tx, counters })
+    }
+
+    /// Queues one line (ending in `\n`); drops and counts it when the queue is full.
+    pub(crate) fn write(&self, line: String) {
+        match self.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until every line queued before the call is written and flushed, at
+    /// most `deadline`. Returns whether it finished in time.
+    pub(crate) fn flush(&self, deadline: Duration) -> bool {
+        let (done_tx, done_rx) = mpsc::channel();
+        let until = Instant::now() + deadline;
+        // The queue may be full: retry the hand-off until the deadline.
+        let mut msg = Msg::Flush(done_tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) => {
+                    if Instant::now() >= until {
+                        return false;
+                    }
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Disconnected(_)) => return true,
+            }
+        }
+        done_rx.recv_timeout(until.saturating_duration_since(Instant::now())).is_ok()
+    }
+}
+
+fn run(mut sink: Sink, rx: &Receiver<Msg>, counters: &LogCounters) {
+    let mut reported_drops = 0;
+    let mut last_report = Instant::now();
+    let mut failing = false;
+    loop {
+        let msg = match rx.recv_timeout(REPORT_EVERY) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = sink.flush();
+                return;
+            }
+        };
+        let mut pending = msg;
+        // Write everything queued now, then flush once.
+        while let Some(m) = pending.take() {
+            match m {
+                Msg::Line(line) => {
+                    write_one(&mut sink, line.as_bytes(), counters, &mut failing);
+                }
+                Msg::Flush(done) => {
+                    let _ = sink.flush();
+                    let _ = done.send(());
+                }
+            }
+            pending = rx.try_recv().ok();
+        }
+        let _ = sink.flush();
+
+        let dropped = counters.dropped_full.load(Ordering::Relaxed) + counters.dropped_failed.load(Ordering::Relaxed);
+        if dropped > reported_drops && last_report.elapsed() >= REPORT_EVERY.min(Duration::from_secs(1)) {
+            let mut line = JsonLine::new();
+            line.raw_field("timestamp", |s| write_timestamp(SystemTime::now(), s));
+            line.str_field("level", "WARN");
+            line.str_field("target", "tower_apm");
+            line.str_field(
+                "message",
+                "log lines dropped: the log writer could not keep up (or could not write); see dropped",
+            );
+            line.u64_field("dropped", dropped);
+            line.u64_field("dropped_since_last_report", dropped - reported_drops);
+            write_one(&mut sink, line.finish().as_bytes(), counters, &mut failing);
+            let _ = sink.flush();
+            reported_drops = dropped;
+            last_report = Instant::now();
+        }
+    }
+}
+
+fn write_one(sink: &mut Sink, line: &[u8], counters: &LogCounters, failing: &mut bool) {
+    match sink.write_line(line, SystemTime::now()) {
+        Ok(()) => {
+            counters.written.fetch_add(1, Ordering::Relaxed);
+            if *failing {
+                *failing = false;
+                eprintln!("tower-apm: log writing recovered");
+            }
+        }
+        Err(e) => {
+            counters.dropped_failed.fetch_add(1, Ordering::Relaxed);
+            if !*failing {
+                *failing = true;
+                eprintln!("tower-apm: cannot write log lines ({e}); dropping and counting them until it works again");
+            }
+        }
+    }
+}
