@@ -10,6 +10,8 @@ use opentelemetry_sdk::trace::{RandomIdGenerator, SdkTracer, SdkTracerProvider, 
 use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
 use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
 use crate::layer::{ApmLayer, Shared};
+use crate::logs::writer::LogWriter;
+use crate::logs::{AccessLog, JsonLayer, LogOutput, Redactor};
 use crate::metrics::Metrics;
 use crate::metrics::otlp::Pusher;
 use crate::metrics::prometheus::{self, Format, Scrape};
@@ -44,6 +46,9 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
     pusher: Option<Pusher>,
     resource: opentelemetry_sdk::Resource,
+    logs: Arc<LogWriter>,
+    service: Arc<str>,
+    redactor: Arc<Redactor>,
 }
 
 /// Builds an [`Apm`]. Every setting has a default; the standard `OTEL_*`
@@ -53,6 +58,9 @@ struct Inner {
 pub struct ApmBuilder {
     settings: Settings,
     exporter: Option<Box<dyn DynSpanExporter>>,
+    logs: Option<LogOutput>,
+    access_log: Option<bool>,
+    redact_fields: Vec<String>,
 }
 
 impl Apm {
@@ -108,18 +116,8 @@ impl Apm {
     pub fn init_tracing(&self) -> Result<(), ConfigError> {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        let filter = tracing_subscriber::EnvFilter::builder()
-            .with_default_directive(tracing::Level::INFO.into())
-            .from_env()
-            .map_err(|e| {
-                ConfigError::var(
-                    "RUST_LOG",
-                    &std::env::var("RUST_LOG").unwrap_or_default(),
-                    format!("a tracing filter such as `info,my_crate=debug` ({e})"),
-                )
-            })?;
         tracing_subscriber::registry()
-            .with(filter)
+            .with(env_filter()?)
             .with(tracing_subscriber::fmt::layer())
             .with(self.tracing_layer())
             .try_init()
@@ -197,10 +195,55 @@ impl Apm {
         )
     }
 
+    /// The `tracing` layer that writes every event as a JSON line to the output
+    /// of [`ApmBuilder::logs`] (stdout by default), with the trace and span ids of
+    /// the request it happened in and sensitive fields redacted. Compose it with
+    /// [`Apm::tracing_layer`] and a filter, or let [`Apm::init_logging`] do it.
+    pub fn logging_layer(&self) -> JsonLayer {
+        JsonLayer {
+            writer: Arc::clone(&self.inner.logs),
+            service: Arc::clone(&self.inner.service),
+            redactor: Arc::clone(&self.inner.redactor),
+        }
+    }
+
+    /// Installs a global `tracing` subscriber that writes JSON lines
+    /// ([`Apm::logging_layer`]) filtered by `RUST_LOG` (default `info`), plus
+    /// [`Apm::tracing_layer`], and installs [`Apm::tracer_provider`] as the
+    /// global OpenTelemetry provider.
+    ///
+    /// # Errors
+    /// `RUST_LOG` does not parse, or a global subscriber is already installed.
+    pub fn init_logging(&self) -> Result<(), ConfigError> {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(env_filter()?)
+            .with(self.tracing_layer())
+            .with(self.logging_layer())
+            .try_init()
+            .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
+        opentelemetry::global::set_tracer_provider(self.tracer_provider());
+        Ok(())
+    }
+
+    /// Waits until every log line written so far is on its output, at most
+    /// `deadline`. Returns whether it finished in time.
+    pub async fn flush_logs(&self, deadline: Duration) -> bool {
+        let logs = Arc::clone(&self.inner.logs);
+        tokio::task::spawn_blocking(move || logs.flush(deadline))
+            .await
+            .unwrap_or(false)
+    }
+
     /// The export pipeline's counters: spans exported, spans dropped (queue full or
     /// failed export), failed exports.
     pub fn stats(&self) -> TelemetryStats {
         let mut stats = self.inner.pipeline.as_ref().map(Pipeline::stats).unwrap_or_default();
+        let logs = &self.inner.logs.counters;
+        stats.log_lines_written = logs.written.load(std::sync::atomic::Ordering::Relaxed);
+        stats.log_lines_dropped_queue_full = logs.dropped_full.load(std::sync::atomic::Ordering::Relaxed);
+        stats.log_lines_dropped_write_failed = logs.dropped_failed.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(p) = &self.inner.pusher {
             stats.metric_exports = p.counters.exported.load(std::sync::atomic::Ordering::Relaxed);
             stats.metric_export_failures = p.counters.failed.load(std::sync::atomic::Ordering::Relaxed);
@@ -269,6 +312,20 @@ impl Apm {
         let (spans, metrics) = tokio::join!(spans, metrics);
         spans.and(metrics)
     }
+}
+
+/// `RUST_LOG`, default `info`.
+fn env_filter() -> Result<tracing_subscriber::EnvFilter, ConfigError> {
+    tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing::Level::INFO.into())
+        .from_env()
+        .map_err(|e| {
+            ConfigError::var(
+                "RUST_LOG",
+                &std::env::var("RUST_LOG").unwrap_or_default(),
+                format!("a tracing filter such as `info,my_crate=debug` ({e})"),
+            )
+        })
 }
 
 impl ApmBuilder {
@@ -355,6 +412,33 @@ impl ApmBuilder {
         self
     }
 
+    /// Where the JSON log lines of [`Apm::logging_layer`] / [`Apm::init_logging`]
+    /// go (default stdout), and turns the access log on (one line per request;
+    /// see [`ApmBuilder::access_log`]).
+    ///
+    /// # Errors
+    /// [`ApmBuilder::build`] fails when the log file cannot be opened for writing.
+    pub fn logs(mut self, output: LogOutput) -> Self {
+        self.logs = Some(output);
+        self
+    }
+
+    /// Turns the access log on or off (default: on when [`ApmBuilder::logs`] was
+    /// called). Each request gets an `x-request-id` (the client's when valid)
+    /// that is returned in the response and written in its access-log line.
+    pub fn access_log(mut self, enabled: bool) -> Self {
+        self.access_log = Some(enabled);
+        self
+    }
+
+    /// Adds a field name whose value is written as `[REDACTED]` in log lines and
+    /// span attributes, besides the built-in ones (`password`, `token`,
+    /// `secret`, `api_key`, `authorization`, `cookie`, `session`, ...).
+    pub fn redact_field(mut self, name: impl Into<String>) -> Self {
+        self.redact_fields.push(name.into());
+        self
+    }
+
     /// Sends spans to `exporter` instead of OTLP (for example an in-memory
     /// exporter in tests, or another backend's SDK exporter). Batching, dropping
     /// and counting stay the same.
@@ -370,6 +454,22 @@ impl ApmBuilder {
     /// A [`ConfigError`] naming the variable or setting and the value to fix.
     pub fn build(self) -> Result<Apm, ConfigError> {
         let config = Config::resolve(&self.settings)?;
+        let logs = Arc::new(self.logs.clone().unwrap_or_else(LogOutput::stdout).start()?);
+        let service: Arc<str> = config
+            .resource
+            .get(&opentelemetry::Key::from_static_str(
+                opentelemetry_semantic_conventions::resource::SERVICE_NAME,
+            ))
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+            .into();
+        let redactor = Arc::new(Redactor::new(&self.redact_fields));
+        let access = (self.access_log.unwrap_or(self.logs.is_some()) && !config.disabled).then(|| {
+            Arc::new(AccessLog {
+                writer: Arc::clone(&logs),
+                service: Arc::clone(&service),
+            })
+        });
         let spec = match (self.exporter, config.otlp.clone()) {
             _ if config.disabled => None,
             (Some(custom), _) => Some(ExporterSpec::Custom(custom)),
@@ -377,7 +477,7 @@ impl ApmBuilder {
             (None, None) => None,
         };
         let pipeline = spec
-            .map(|spec| Pipeline::start(spec, config.resource.clone(), config.batch))
+            .map(|spec| Pipeline::start(spec, config.resource.clone(), config.batch, (*redactor).clone()))
             .transpose()?;
         let mut provider = SdkTracerProvider::builder()
             .with_sampler(config.sampler.to_sdk())
@@ -403,7 +503,7 @@ impl ApmBuilder {
         };
         let shared = Arc::new(Shared {
             disabled: config.disabled,
-            recorder: Recorder::new(pipeline.as_ref().map(|p| Arc::clone(&p.queue)), metrics.clone()),
+            recorder: Recorder::new(pipeline.as_ref().map(|p| Arc::clone(&p.queue)), metrics.clone(), access),
             sampler: config.sampler,
             propagation: config.propagation,
             ids: RandomIdGenerator::default(),
@@ -418,6 +518,9 @@ impl ApmBuilder {
                 metrics,
                 pusher,
                 resource: config.resource,
+                logs,
+                service,
+                redactor,
             }),
         })
     }

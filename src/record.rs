@@ -14,6 +14,7 @@ use http::{Method, Uri, Version};
 use opentelemetry::trace::{SpanContext, SpanId};
 
 use crate::export::{Item, SpanQueue};
+use crate::logs::AccessLog;
 use crate::metrics::Metrics;
 
 /// A route template: `&'static` from a user route function, or axum's
@@ -106,6 +107,9 @@ pub(crate) struct RequestRecord {
     pub(crate) response_body_bytes: u64,
     /// `Content-Length` of the request, when it had one.
     pub(crate) request_body_bytes: Option<u64>,
+    /// The request id (from a valid `x-request-id`, or generated); empty when
+    /// the access log is off.
+    pub(crate) request_id: ShortStr,
     pub(crate) span: SpanContext,
     pub(crate) parent_span_id: SpanId,
     pub(crate) parent_is_remote: bool,
@@ -148,17 +152,28 @@ thread_local! {
 pub(crate) struct Recorder {
     spans: Option<Arc<SpanQueue>>,
     metrics: Option<Arc<Metrics>>,
+    access: Option<Arc<AccessLog>>,
 }
 
 impl Recorder {
-    pub(crate) fn new(spans: Option<Arc<SpanQueue>>, metrics: Option<Arc<Metrics>>) -> Self {
-        Recorder { spans, metrics }
+    pub(crate) fn new(
+        spans: Option<Arc<SpanQueue>>,
+        metrics: Option<Arc<Metrics>>,
+        access: Option<Arc<AccessLog>>,
+    ) -> Self {
+        Recorder { spans, metrics, access }
     }
 
     /// Whether any sink reads records of requests that are not sampled: the
-    /// metrics do. Without them an unsampled request only carries its context.
+    /// metrics and the access log do. Without them an unsampled request only
+    /// carries its context.
     pub(crate) fn wants_unsampled(&self) -> bool {
-        self.metrics.is_some()
+        self.metrics.is_some() || self.access.is_some()
+    }
+
+    /// Whether requests get a request id (the access log is on).
+    pub(crate) fn wants_request_id(&self) -> bool {
+        self.access.is_some()
     }
 
     /// A request started (counted in flight until [`Recorder::finish`]).
@@ -202,6 +217,9 @@ impl Recorder {
     pub(crate) fn finish(&self, record: Box<RequestRecord>) {
         if let Some(m) = &self.metrics {
             m.record(&record);
+        }
+        if let Some(a) = &self.access {
+            a.write(&record);
         }
         if let Some(queue) = &self.spans {
             if record.span.is_sampled() {

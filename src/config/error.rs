@@ -33,6 +33,13 @@ pub enum ConfigError {
     Worker(String),
     /// A global `tracing` subscriber was already installed.
     Subscriber(String),
+    /// The log file cannot be opened for writing.
+    LogFile {
+        /// The file.
+        path: String,
+        /// Why it cannot be opened.
+        error: String,
+    },
 }
 
 impl ConfigError {
@@ -72,6 +79,11 @@ impl fmt::Display for ConfigError {
             ConfigError::Subscriber(msg) => write!(
                 f,
                 "cannot install the tracing subscriber ({msg}): compose Apm::tracing_layer into yours instead"
+            ),
+            ConfigError::LogFile { path, error } => write!(
+                f,
+                "cannot write the log file {path} ({error}): create its directory and make it writable, \
+                 or log to stdout"
             ),
         }
     }

@@ -61,10 +61,15 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    pub(crate) fn start(spec: ExporterSpec, resource: Resource, batch: BatchConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn start(
+        spec: ExporterSpec,
+        resource: Resource,
+        batch: BatchConfig,
+        redactor: crate::redact::Redactor,
+    ) -> Result<Self, ConfigError> {
         let queue = Arc::new(SpanQueue::new(batch.max_queue_size, batch.max_export_batch_size));
         let (tx, rx) = mpsc::unbounded_channel();
-        worker::spawn(spec, resource, batch, Arc::clone(&queue), rx)?;
+        worker::spawn(spec, resource, batch, redactor, Arc::clone(&queue), rx)?;
         Ok(Pipeline { queue, commands: tx })
     }
 

@@ -26,6 +26,12 @@ pub struct TelemetryStats {
     /// OTLP metric pushes that failed or timed out (the next push resends the
     /// cumulative totals, so nothing counted is lost).
     pub metric_export_failures: u64,
+    /// Log lines written to the log output.
+    pub log_lines_written: u64,
+    /// Log lines dropped because the log writer's queue was full.
+    pub log_lines_dropped_queue_full: u64,
+    /// Log lines lost because writing them failed (a full disk, a closed pipe).
+    pub log_lines_dropped_write_failed: u64,
 }
 
 impl TelemetryStats {
@@ -42,6 +48,9 @@ impl TelemetryStats {
             export_failures: c.failed_exports.load(Ordering::Relaxed),
             metric_exports: 0,
             metric_export_failures: 0,
+            log_lines_written: 0,
+            log_lines_dropped_queue_full: 0,
+            log_lines_dropped_write_failed: 0,
         }
     }
 }

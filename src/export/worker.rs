@@ -17,6 +17,7 @@ use super::ExportError;
 use super::exporter::{DynSpanExporter, ExporterSpec};
 use super::queue::{Item, SpanQueue};
 use crate::config::{BatchConfig, ConfigError};
+use crate::redact::Redactor;
 use crate::trace::span::{Clock, SpanBuilder};
 
 pub(crate) enum Command {
@@ -29,6 +30,7 @@ pub(crate) fn spawn(
     spec: ExporterSpec,
     resource: Resource,
     batch: BatchConfig,
+    redactor: Redactor,
     queue: Arc<SpanQueue>,
     commands: mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), ConfigError> {
@@ -62,6 +64,7 @@ pub(crate) fn spawn(
                     failing: false,
                     spare: Vec::with_capacity(batch.max_export_batch_size),
                     warned_queue_full: false,
+                    redactor,
                 }
                 .run(commands)
                 .await;
@@ -84,6 +87,7 @@ struct Worker {
     /// The emptied buffer handed back to the queue at the next round.
     spare: Vec<Item>,
     warned_queue_full: bool,
+    redactor: Redactor,
 }
 
 impl Worker {
@@ -137,7 +141,12 @@ impl Worker {
                         span
                     }
                     Item::Client(r) => self.spans.client_span(r, &clock),
-                    Item::Sdk(s) => *s,
+                    Item::Sdk(s) => {
+                        // `tracing` spans carry their fields as attributes.
+                        let mut s = *s;
+                        self.redactor.redact_attributes(&mut s.attributes);
+                        s
+                    }
                 })
                 .collect();
             self.queue.recycle_records(&mut emptied);

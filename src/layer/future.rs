@@ -13,6 +13,8 @@ use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use super::body::ResponseBody;
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 use super::in_flight::InFlight;
 
 pin_project! {
@@ -113,6 +115,13 @@ where
                     None => res.map(Body::new),
                     Some(mut s) => {
                         s.set_status(res.status().as_u16());
+                        let mut res = res;
+                        let id = s.record.request_id.as_bytes();
+                        if !id.is_empty() {
+                            if let Ok(v) = http::HeaderValue::from_bytes(id) {
+                                res.headers_mut().insert(X_REQUEST_ID, v);
+                            }
+                        }
                         res.map(|body| Body::new(ResponseBody::new(body, Some(s))))
                     }
                 };

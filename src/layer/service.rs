@@ -33,6 +33,24 @@ impl<S: std::fmt::Debug> std::fmt::Debug for ApmService<S> {
 }
 
 impl<S> ApmService<S> {
+    /// The client's `x-request-id` when it is valid, else a new random one (32
+    /// hex digits); nothing when the access log is off.
+    fn request_id(&self, found: &RequestHeaders<'_>) -> ShortStr {
+        if !self.shared.recorder.wants_request_id() {
+            return ShortStr::new(b"");
+        }
+        if let Some(v) = found.request_id.filter(|v| crate::logs::valid_request_id(v.as_bytes())) {
+            return ShortStr::new(v.as_bytes());
+        }
+        let id = self.shared.ids.new_trace_id().to_bytes();
+        let mut hex = [0u8; 32];
+        for (i, b) in id.iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(b >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        ShortStr::new(&hex)
+    }
+
     /// Starts the request's record: everything the sinks need from the request.
     fn in_flight<B>(
         &self,
@@ -71,6 +89,7 @@ impl<S> ApmService<S> {
             duration: Duration::ZERO,
             response_body_bytes: 0,
             request_body_bytes: found.content_length.and_then(|v| parse_u64(v.as_bytes())),
+            request_id: self.request_id(found),
             span,
             parent_span_id,
             parent_is_remote,
@@ -138,6 +157,8 @@ where
         ResponseFuture::new(self.inner.call(req), cx, state)
     }
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A `Content-Length` value: ASCII digits only, as RFC 9110 has it.
 fn parse_u64(digits: &[u8]) -> Option<u64> {

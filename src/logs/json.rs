@@ -219,7 +219,10 @@ impl Visit for Fields<'_> {
         // Formatted straight into the line, escaped on the way.
         let start = self.line.buf.len();
         let _ = write!(self.line.buf, "{value:?}");
-        if self.line.buf[start..].bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        if self.line.buf[start..]
+            .bytes()
+            .any(|b| b == b'"' || b == b'\\' || b < 0x20)
+        {
             let raw = self.line.buf.split_off(start);
             escape_into(&raw, &mut self.line.buf);
         }

@@ -161,7 +161,11 @@ impl RotatingFile {
         let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
             return Ok(());
         };
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         let prefix = format!("{}.", name.to_string_lossy());
         let mut dated: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
@@ -169,7 +173,10 @@ impl RotatingFile {
             .filter(|p| {
                 p.file_name()
                     .map(|n| n.to_string_lossy())
-                    .and_then(|n| n.strip_prefix(&prefix).map(|s| s.starts_with(|c: char| c.is_ascii_digit())))
+                    .and_then(|n| {
+                        n.strip_prefix(&prefix)
+                            .map(|s| s.starts_with(|c: char| c.is_ascii_digit()))
+                    })
                     .unwrap_or(false)
             })
             .collect();
@@ -222,11 +229,20 @@ mod tests {
         for n in &names {
             let text = std::fs::read_to_string(d.join(n)).unwrap();
             assert!(text.len() <= 100, "{n}: {} bytes", text.len());
-            assert!(text.lines().all(|l| l.len() == 36), "{n}: whole lines only");
+            assert!(text.ends_with('\n'), "{n}");
+            assert!(
+                text.lines()
+                    .all(|l| l.starts_with("line ") && l.ends_with('.') && l.len() == 33),
+                "{n}: whole lines only: {text:?}"
+            );
         }
         // The newest lines are in app.log, the ones before in app.log.1.
         assert!(std::fs::read_to_string(&path).unwrap().contains("line 19"));
-        assert!(std::fs::read_to_string(d.join("app.log.1")).unwrap().contains("line 17"));
+        assert!(
+            std::fs::read_to_string(d.join("app.log.1"))
+                .unwrap()
+                .contains("line 17")
+        );
     }
 
     #[test]
@@ -237,8 +253,11 @@ mod tests {
         let mut f = RotatingFile::open(&path, Rotation::Daily, 2, day(0)).unwrap();
         for n in 0..4 {
             f.write_line(format!("day {n}\n").as_bytes(), day(n)).unwrap();
-            f.write_line(format!("day {n} again\n").as_bytes(), day(n) + Duration::from_secs(3600))
-                .unwrap();
+            f.write_line(
+                format!("day {n} again\n").as_bytes(),
+                day(n) + Duration::from_secs(3600),
+            )
+            .unwrap();
         }
         f.flush().unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&d)

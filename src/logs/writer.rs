@@ -115,7 +115,9 @@ impl LogWriter {
                 Err(TrySendError::Disconnected(_)) => return true,
             }
         }
-        done_rx.recv_timeout(until.saturating_duration_since(Instant::now())).is_ok()
+        done_rx
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }
 

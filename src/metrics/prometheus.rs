@@ -382,6 +382,20 @@ pub(crate) fn render(scrape: &Scrape<'_>, format: Format) -> String {
         w.sample(&format!("{dropped}_total"), &[("reason", reason)], &n.to_string());
         w.out.push('\n');
     }
+    let log_dropped = "tower_apm_log_lines_dropped";
+    w.family(
+        log_dropped,
+        "counter",
+        "",
+        "Log lines that were never written, by reason.",
+    );
+    for (reason, n) in [
+        ("queue_full", stats.log_lines_dropped_queue_full),
+        ("write_failed", stats.log_lines_dropped_write_failed),
+    ] {
+        w.sample(&format!("{log_dropped}_total"), &[("reason", reason)], &n.to_string());
+        w.out.push('\n');
+    }
     let overflow = "tower_apm_metric_overflow_requests";
     w.family(
         overflow,

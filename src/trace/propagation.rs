@@ -58,6 +58,7 @@ pub(crate) struct RequestHeaders<'a> {
     pub(crate) host: Option<&'a HeaderValue>,
     pub(crate) user_agent: Option<&'a HeaderValue>,
     pub(crate) content_length: Option<&'a HeaderValue>,
+    pub(crate) request_id: Option<&'a HeaderValue>,
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -76,6 +77,9 @@ impl<'a> RequestHeaders<'a> {
                 10 if *name == TRACESTATE => found.tracestate = true,
                 14 if name == http::header::CONTENT_LENGTH => {
                     found.content_length.get_or_insert(value);
+                }
+                12 if n == "x-request-id" => {
+                    found.request_id.get_or_insert(value);
                 }
                 11 if *name == TRACEPARENT => {
                     found.traceparents = found.traceparents.saturating_add(1);
