@@ -122,68 +122,84 @@ impl LogWriter {
 }
 
 fn run(mut sink: Sink, rx: &Receiver<Msg>, counters: &LogCounters) {
-    let mut reported_drops = 0;
-    let mut last_report = Instant::now();
-    let mut failing = false;
+    let mut state = WriterState {
+        failing: false,
+        reported_drops: 0,
+        last_report: None,
+    };
     loop {
-        let msg = match rx.recv_timeout(REPORT_EVERY) {
+        let mut pending = match rx.recv_timeout(REPORT_EVERY) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
+                state.report_drops(&mut sink, counters);
                 let _ = sink.flush();
                 return;
             }
         };
-        let mut pending = msg;
         // Write everything queued now, then flush once.
         while let Some(m) = pending.take() {
             match m {
-                Msg::Line(line) => {
-                    write_one(&mut sink, line.as_bytes(), counters, &mut failing);
-                }
+                Msg::Line(line) => state.write_one(&mut sink, line.as_bytes(), counters),
                 Msg::Flush(done) => {
+                    state.report_drops(&mut sink, counters);
                     let _ = sink.flush();
                     let _ = done.send(());
                 }
             }
             pending = rx.try_recv().ok();
         }
+        state.report_drops(&mut sink, counters);
         let _ = sink.flush();
-
-        let dropped = counters.dropped_full.load(Ordering::Relaxed) + counters.dropped_failed.load(Ordering::Relaxed);
-        if dropped > reported_drops && last_report.elapsed() >= REPORT_EVERY.min(Duration::from_secs(1)) {
-            let mut line = JsonLine::new();
-            line.raw_field("timestamp", |s| write_timestamp(SystemTime::now(), s));
-            line.str_field("level", "WARN");
-            line.str_field("target", "tower_apm");
-            line.str_field(
-                "message",
-                "log lines dropped: the log writer could not keep up (or could not write); see dropped",
-            );
-            line.u64_field("dropped", dropped);
-            line.u64_field("dropped_since_last_report", dropped - reported_drops);
-            write_one(&mut sink, line.finish().as_bytes(), counters, &mut failing);
-            let _ = sink.flush();
-            reported_drops = dropped;
-            last_report = Instant::now();
-        }
     }
 }
 
-fn write_one(sink: &mut Sink, line: &[u8], counters: &LogCounters, failing: &mut bool) {
-    match sink.write_line(line, SystemTime::now()) {
-        Ok(()) => {
-            counters.written.fetch_add(1, Ordering::Relaxed);
-            if *failing {
-                *failing = false;
-                eprintln!("tower-apm: log writing recovered");
-            }
+struct WriterState {
+    failing: bool,
+    reported_drops: u64,
+    last_report: Option<Instant>,
+}
+
+impl WriterState {
+    /// Writes a warning into the log itself when lines were dropped since the
+    /// last one: at once the first time, then at most every `REPORT_EVERY`.
+    fn report_drops(&mut self, sink: &mut Sink, counters: &LogCounters) {
+        let dropped = counters.dropped_full.load(Ordering::Relaxed) + counters.dropped_failed.load(Ordering::Relaxed);
+        if dropped <= self.reported_drops || self.last_report.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return;
         }
-        Err(e) => {
-            counters.dropped_failed.fetch_add(1, Ordering::Relaxed);
-            if !*failing {
-                *failing = true;
-                eprintln!("tower-apm: cannot write log lines ({e}); dropping and counting them until it works again");
+        let mut line = JsonLine::new();
+        line.raw_field("timestamp", |s| write_timestamp(SystemTime::now(), s));
+        line.str_field("level", "WARN");
+        line.str_field("target", "tower_apm");
+        line.str_field(
+            "message",
+            "log lines dropped: the log output could not keep up, or could not be written",
+        );
+        line.u64_field("dropped_total", dropped);
+        line.u64_field("dropped_since_last_report", dropped - self.reported_drops);
+        self.write_one(sink, line.finish().as_bytes(), counters);
+        self.reported_drops = dropped;
+        self.last_report = Some(Instant::now());
+    }
+
+    fn write_one(&mut self, sink: &mut Sink, line: &[u8], counters: &LogCounters) {
+        match sink.write_line(line, SystemTime::now()) {
+            Ok(()) => {
+                counters.written.fetch_add(1, Ordering::Relaxed);
+                if self.failing {
+                    self.failing = false;
+                    eprintln!("tower-apm: log writing recovered");
+                }
+            }
+            Err(e) => {
+                counters.dropped_failed.fetch_add(1, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    eprintln!(
+                        "tower-apm: cannot write log lines ({e}); dropping and counting them until it works again"
+                    );
+                }
             }
         }
     }
