@@ -1,8 +1,9 @@
-//! The demo: an axum app with tower-apm's layer, exporting traces over OTLP.
+//! The demo: an axum app with tower-apm's layer: traces over OTLP, metrics at
+//! `/metrics`, JSON log lines (one access-log line per request) on stdout.
 //!
-//! Run it with `cargo run --example demo`, then open the routes below. It prints
-//! `listening on http://ADDR` and works with no collector running (export
-//! failures are counted and warned about once). To see the traces, start Jaeger
+//! Run it with `cargo run --example demo`, then open the routes below. Its first
+//! log line is `"message":"listening"` with the `url`. It works with no collector
+//! running (export failures are counted and warned about once). To see the traces, start Jaeger
 //! (see the README) before the demo; the OTLP endpoint comes from
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (default `http://localhost:4317`).
 //!
@@ -18,7 +19,7 @@
 //!   route, in-flight requests, body sizes, process CPU and memory (OpenMetrics
 //!   with exemplars when asked: `curl -H 'Accept: application/openmetrics-text' ...`)
 //!
-//! Ctrl-C (or `kill -TERM`) flushes the spans and metrics and exits 0.
+//! Ctrl-C (or `kill -TERM`) flushes the spans, metrics and logs and exits 0.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,7 +32,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
-use tower_apm::{Apm, ClientService};
+use tower_apm::{Apm, ClientService, LogOutput};
 
 type HttpClient = ClientService<Client<HttpConnector, Empty<bytes::Bytes>>>;
 
@@ -44,9 +45,14 @@ struct App {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. One handle, configured by the builder and the OTEL_* variables.
-    let apm = Apm::builder().service_name("tower-apm-demo").build()?;
-    // 2. Log lines on stdout, and `tracing` spans exported as child spans.
-    apm.init_tracing()?;
+    let apm = Apm::builder()
+        .service_name("tower-apm-demo")
+        // JSON lines on stdout, with one access-log line per request.
+        .logs(LogOutput::stdout())
+        .build()?;
+    // 2. JSON log lines on stdout (RUST_LOG filters them), with the trace and span
+    //    ids of the request; `tracing` spans exported as child spans.
+    apm.init_logging()?;
 
     let addr = std::env::var("DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
@@ -72,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(apm.metrics_router())
         .layer(apm.layer());
 
-    println!("listening on http://{addr}");
+    tracing::info!(url = %format!("http://{addr}"), "listening");
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(stop_signal())
         .await?;

@@ -24,8 +24,8 @@ cd "$(dirname "$0")/.."
 N1=${N1:-5000}
 N2=${N2:-25000}
 OUT=${OUT:-target/instr}
-ALL=(bare noop_layer sampled not_sampled sampled_metrics not_sampled_metrics bare_traceparent sampled_traceparent
-    not_sampled_traceparent)
+ALL=(bare noop_layer sampled not_sampled sampled_metrics not_sampled_metrics sampled_metrics_logs not_sampled_metrics_logs
+    bare_traceparent sampled_traceparent not_sampled_traceparent)
 if [ $# -gt 0 ]; then CONFIGS=("$@"); else CONFIGS=("${ALL[@]}"); fi
 
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
@@ -74,7 +74,7 @@ REPS=${REPS:-3}
 declare -A IR1 IR2 PER RANGE
 for config in "${CONFIGS[@]}"; do
     case "$config" in
-        sampled | sampled_traceparent | sampled_metrics) reps=$REPS ;;
+        sampled | sampled_traceparent | sampled_metrics | sampled_metrics_logs) reps=$REPS ;;
         *) reps=1 ;;
     esac
     pers=()
@@ -127,11 +127,12 @@ baseline() {
             -v s="${PER[not_sampled]}" -v b="${PER[bare]}" \
             'BEGIN { printf "traceparent, not sampled: %+.1f added over the not-sampled layer without it\n", (st - bt) - (s - b) }'
     fi
-    for pair in "sampled_metrics sampled" "not_sampled_metrics not_sampled"; do
+    for pair in "sampled_metrics sampled" "not_sampled_metrics not_sampled" \
+        "sampled_metrics_logs sampled_metrics" "not_sampled_metrics_logs not_sampled_metrics"; do
         set -- $pair
         if [ -n "${PER[$1]:-}" ] && [ -n "${PER[$2]:-}" ]; then
             awk -v m="${PER[$1]}" -v t="${PER[$2]}" -v a="$1" -v b="$2" \
-                'BEGIN { printf "metrics: %s over %s: %+.1f\n", a, b, m - t }'
+                'BEGIN { printf "%s over %s: %+.1f\n", a, b, m - t }'
         fi
     done
 } | tee "$OUT/summary.txt"

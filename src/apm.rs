@@ -251,8 +251,8 @@ impl Apm {
         stats
     }
 
-    /// Exports every span finished so far and pushes the metrics (when OTLP push
-    /// is on), waiting at most the export timeout
+    /// Exports every span finished so far, pushes the metrics (when OTLP push is
+    /// on) and writes out the queued log lines, waiting at most the export timeout
     /// (`OTEL_BSP_EXPORT_TIMEOUT`, 30 s by default).
     ///
     /// # Errors
@@ -278,12 +278,16 @@ impl Apm {
                 None => Ok(()),
             }
         };
-        let (spans, metrics) = tokio::join!(spans, metrics);
-        spans.and(metrics)
+        let (spans, metrics, logs) = tokio::join!(spans, metrics, self.flush_logs(deadline));
+        spans.and(metrics).and(if logs {
+            Ok(())
+        } else {
+            Err(ExportError::Deadline(deadline))
+        })
     }
 
-    /// Flushes and stops the span pipeline and the metric push (a last push),
-    /// waiting at most the export timeout.
+    /// Flushes and stops the span pipeline and the metric push (a last push), and
+    /// writes out the queued log lines, waiting at most the export timeout.
     /// A collector that is down or hangs cannot hold the caller past it.
     ///
     /// # Errors
@@ -309,8 +313,12 @@ impl Apm {
                 None => Ok(()),
             }
         };
-        let (spans, metrics) = tokio::join!(spans, metrics);
-        spans.and(metrics)
+        let (spans, metrics, logs) = tokio::join!(spans, metrics, self.flush_logs(deadline));
+        spans.and(metrics).and(if logs {
+            Ok(())
+        } else {
+            Err(ExportError::Deadline(deadline))
+        })
     }
 }
 

@@ -55,16 +55,21 @@ async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
+    // Every line of stdout, each of which must be JSON; collected until exit.
+    let reader = std::thread::spawn(move || {
         let mut addr_tx = Some(addr_tx);
-        for line in lines.by_ref().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
+        let mut all = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let json: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("a demo line is not JSON ({e}): {line}"));
+            if json["message"] == "listening" {
                 if let Some(tx) = addr_tx.take() {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send(json["url"].as_str().unwrap().to_owned());
                 }
             }
+            all.push(json);
         }
+        all
     });
     let base = tokio::time::timeout(Duration::from_secs(30), addr_rx)
         .await
@@ -137,6 +142,21 @@ async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
         Some("500")
     );
     assert_eq!(outer.resource_attr("service.name").as_deref(), Some("tower-apm-demo"));
+
+    // The log: JSON only, one access line per request, each with its request's trace.
+    let lines = reader.join().expect("every stdout line parsed as JSON");
+    let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "tower_apm::access").collect();
+    // /downstream, /users/42 (its call), /panic, /error, /, /metrics.
+    assert_eq!(access.len(), 6, "{access:#?}");
+    let logged_outer = access.iter().find(|l| l["route"] == "/downstream").unwrap();
+    assert_eq!(logged_outer["trace_id"], outer.trace_id_hex().as_str());
+    assert_eq!(logged_outer["span_id"], outer.span_id_hex().as_str());
+    let load_line = lines
+        .iter()
+        .find(|l| l["message"] == "loading user")
+        .expect("the handler's event");
+    assert_eq!(load_line["trace_id"], outer.trace_id_hex().as_str());
+    assert_eq!(load_line["span_id"], load.span_id_hex().as_str());
 
     // The SIGTERM flush pushed the metrics too (OTLP is the default metrics exporter).
     let pushed = receiver.wait_for_metric_exports(1, Duration::from_secs(10)).await;

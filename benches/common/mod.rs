@@ -51,6 +51,10 @@ pub enum Config {
     SampledMetrics,
     /// Layer, `always_off`, and the request metrics (every request recorded).
     NotSampledMetrics,
+    /// `SampledMetrics` plus the access log, written to a file.
+    SampledMetricsLogs,
+    /// `NotSampledMetrics` plus the access log, written to a file.
+    NotSampledMetricsLogs,
     /// Layer, default `parentbased_always_on`, sampled remote parent.
     SampledTraceparent,
     /// Layer, default `parentbased_always_on`, not-sampled remote parent.
@@ -59,13 +63,15 @@ pub enum Config {
 
 impl Config {
     /// Every configuration, baselines first.
-    pub const ALL: [Config; 9] = [
+    pub const ALL: [Config; 11] = [
         Config::Bare,
         Config::NoopLayer,
         Config::Sampled,
         Config::NotSampled,
         Config::SampledMetrics,
         Config::NotSampledMetrics,
+        Config::SampledMetricsLogs,
+        Config::NotSampledMetricsLogs,
         Config::BareTraceparent,
         Config::SampledTraceparent,
         Config::NotSampledTraceparent,
@@ -81,6 +87,8 @@ impl Config {
             Config::NotSampled => "not_sampled",
             Config::SampledMetrics => "sampled_metrics",
             Config::NotSampledMetrics => "not_sampled_metrics",
+            Config::SampledMetricsLogs => "sampled_metrics_logs",
+            Config::NotSampledMetricsLogs => "not_sampled_metrics_logs",
             Config::SampledTraceparent => "sampled_traceparent",
             Config::NotSampledTraceparent => "not_sampled_traceparent",
         }
@@ -100,7 +108,9 @@ impl Config {
             | Config::Sampled
             | Config::NotSampled
             | Config::SampledMetrics
-            | Config::NotSampledMetrics => Config::Bare,
+            | Config::NotSampledMetrics
+            | Config::SampledMetricsLogs
+            | Config::NotSampledMetricsLogs => Config::Bare,
             Config::BareTraceparent | Config::SampledTraceparent | Config::NotSampledTraceparent => {
                 Config::BareTraceparent
             }
@@ -111,14 +121,25 @@ impl Config {
     pub fn exports(self) -> bool {
         matches!(
             self,
-            Config::Sampled | Config::SampledTraceparent | Config::SampledMetrics
+            Config::Sampled | Config::SampledTraceparent | Config::SampledMetrics | Config::SampledMetricsLogs
         )
     }
 
     /// Whether the request metrics are on (off elsewhere, so the trace figures
     /// stay comparable with those measured before metrics existed).
     fn metrics(self) -> bool {
-        matches!(self, Config::SampledMetrics | Config::NotSampledMetrics)
+        matches!(
+            self,
+            Config::SampledMetrics
+                | Config::NotSampledMetrics
+                | Config::SampledMetricsLogs
+                | Config::NotSampledMetricsLogs
+        )
+    }
+
+    /// Whether the access log is on (to a file in the temporary directory).
+    fn logs(self) -> bool {
+        matches!(self, Config::SampledMetricsLogs | Config::NotSampledMetricsLogs)
     }
 
     fn traceparent(self) -> Option<&'static str> {
@@ -128,7 +149,9 @@ impl Config {
             | Config::Sampled
             | Config::NotSampled
             | Config::SampledMetrics
-            | Config::NotSampledMetrics => None,
+            | Config::NotSampledMetrics
+            | Config::SampledMetricsLogs
+            | Config::NotSampledMetricsLogs => None,
             Config::BareTraceparent | Config::SampledTraceparent => Some(TRACEPARENT_SAMPLED),
             Config::NotSampledTraceparent => Some(TRACEPARENT_NOT_SAMPLED),
         }
@@ -137,8 +160,8 @@ impl Config {
     fn sampler(self) -> Option<Sampler> {
         match self {
             Config::Bare | Config::NoopLayer | Config::BareTraceparent => None,
-            Config::Sampled | Config::SampledMetrics => Some(Sampler::AlwaysOn),
-            Config::NotSampled | Config::NotSampledMetrics => Some(Sampler::AlwaysOff),
+            Config::Sampled | Config::SampledMetrics | Config::SampledMetricsLogs => Some(Sampler::AlwaysOn),
+            Config::NotSampled | Config::NotSampledMetrics | Config::NotSampledMetricsLogs => Some(Sampler::AlwaysOff),
             Config::SampledTraceparent | Config::NotSampledTraceparent => Some(Sampler::default()),
         }
     }
@@ -159,7 +182,13 @@ impl Setup {
     pub fn new(config: Config) -> Setup {
         let router = Router::new().route("/users/{id}", get(|| async { "hello, user" }));
         let apm = config.sampler().map(|sampler| {
-            Apm::builder()
+            let builder = if config.logs() {
+                let path = std::env::temp_dir().join(format!("tower-apm-bench-{}.log", std::process::id()));
+                Apm::builder().logs(tower_apm::LogOutput::file(path).queue_capacity(65536))
+            } else {
+                Apm::builder()
+            };
+            builder
                 // A map, so the process environment cannot leak in; a queue large
                 // enough that no span is dropped between two batches.
                 .environment([
