@@ -1,10 +1,11 @@
 //! # tower-apm
 //!
-//! One `tower` layer that gives an axum or hyper service OpenTelemetry traces and
-//! metrics: a server span per request named and attributed by the stable HTTP
-//! semantic conventions, W3C `traceparent`/`tracestate`/`baggage` propagation in
-//! and out, per-route request metrics with a Prometheus endpoint, and OTLP export
-//! (gRPC or HTTP/protobuf) that never slows or breaks a request.
+//! One `tower` layer that gives an axum or hyper service OpenTelemetry traces,
+//! metrics and structured logs: a server span per request named and attributed by
+//! the stable HTTP semantic conventions, W3C `traceparent`/`tracestate`/`baggage`
+//! propagation in and out, per-route request metrics with a Prometheus endpoint,
+//! JSON log lines with trace ids and an access log, and OTLP export (gRPC or
+//! HTTP/protobuf) that never slows or breaks a request.
 //!
 //! ## Quick start
 //!
@@ -115,6 +116,63 @@
 //!   sum by (le, http_route) (rate(http_server_request_duration_seconds_bucket[5m])))
 //! ```
 //!
+//! ## Logs
+//!
+//! [`Apm::init_logging`] installs a `tracing` subscriber that writes JSON lines
+//! (or compose [`Apm::logging_layer`] with [`Apm::tracing_layer`] yourself), to
+//! the [`LogOutput`] given to [`ApmBuilder::logs`]: stdout, or a file rotated by
+//! size ([`Rotation::Size`], keeping N backups as Python's `RotatingFileHandler`
+//! does) or by time ([`Rotation::Daily`], [`Rotation::Hourly`]). `RUST_LOG`
+//! filters them (default `info`).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), tower_apm::ConfigError> {
+//! use tower_apm::{Apm, LogOutput, Rotation};
+//!
+//! let apm = Apm::builder()
+//!     .service_name("checkout")
+//!     .logs(LogOutput::file("/var/log/checkout/app.log").rotate(Rotation::Daily).backups(7))
+//!     .redact_field("ssn")
+//!     .build()?;
+//! apm.init_logging()?;
+//! tracing::info!(user_id = 7, "loaded user");
+//! # Ok(()) }
+//! ```
+//!
+//! writes (one line; wrapped here)
+//!
+//! ```text
+//! {"timestamp":"2026-11-27T03:40:12.123456Z","level":"INFO","target":"checkout","message":"loaded user",
+//!  "user_id":7,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","service":"checkout"}
+//! ```
+//!
+//! The schema is stable: `timestamp` (RFC 3339, UTC), `level`, `target`,
+//! `message`, the event's fields as typed JSON values, `trace_id` and `span_id`
+//! of the span the event happened in (the request's server span, or a `tracing`
+//! span inside it), `service`.
+//!
+//! With [`ApmBuilder::logs`] the layer also writes one access-log line per request
+//! when its response body ends (or the client goes away), straight from the
+//! request's record: `target` `tower_apm::access`, `message` `request`, `method`,
+//! `route`, `path`, `query`, `status`, `duration_ms`, `response_bytes`,
+//! `client_address`, `user_agent`, `request_id`, `trace_id`, `span_id`,
+//! `error_type`. The request id is the client's `x-request-id` when it is 1 to
+//! 128 visible ASCII characters, a new random one otherwise, and it is returned in
+//! the response's `x-request-id`.
+//!
+//! Secrets stay out: fields whose names contain `password`, `secret`, `token`,
+//! `api_key`, `authorization`, `cookie`, `session`, `credential` (or that
+//! [`ApmBuilder::redact_field`] names) are written as `[REDACTED]` in event lines
+//! and in the attributes of `tracing` spans; sensitive query parameters are
+//! redacted in the access log and in `url.query` (as `REDACTED`, as the HTTP
+//! semantic conventions say).
+//!
+//! Lines are written by a background thread from a bounded queue
+//! ([`LogOutput::queue_capacity`]): when the output cannot keep up, lines are
+//! dropped and counted ([`TelemetryStats`], `tower_apm_log_lines_dropped_total`),
+//! and a warning line in the log says how many. A log file that cannot be opened
+//! is a [`ConfigError`] from [`ApmBuilder::build`].
+//!
 //! ## Configuration
 //!
 //! | variable | default |
@@ -143,6 +201,7 @@
 //! - [`Apm`] / [`ApmBuilder`]: the handle and its configuration.
 //! - [`ApmLayer`]: the server layer ([`ApmService`], [`ResponseFuture`]).
 //! - [`ClientLayer`]: the client layer for outgoing calls.
+//! - [`JsonLayer`], [`LogOutput`], [`Rotation`]: structured logs.
 //! - [`Sampler`], [`Protocol`], [`TelemetryStats`], [`ConfigError`], [`ExportError`].
 //!
 //! ## Cargo features

@@ -346,3 +346,28 @@ fn an_unwritable_log_directory_is_an_error_at_build_naming_the_file() {
     assert!(msg.contains("/nonexistent-tower-apm/logs/app.log"), "{msg}");
     assert!(msg.contains("writable"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_full_disk_loses_lines_counted_and_requests_go_on() {
+    // `/dev/full` accepts the open and fails every write with ENOSPC.
+    let apm = Apm::builder()
+        .environment([("OTEL_TRACES_EXPORTER", "none"), ("OTEL_METRICS_EXPORTER", "none")])
+        .logs(LogOutput::file("/dev/full"))
+        .build()
+        .unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(apm.layer());
+    for _ in 0..20 {
+        let res = app
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap();
+    }
+    assert!(apm.flush_logs(Duration::from_secs(5)).await);
+    let stats = apm.stats();
+    assert_eq!(stats.log_lines_written, 0);
+    // 20 access lines, and the warning line about them, all lost and counted.
+    assert!(stats.log_lines_dropped_write_failed >= 20, "{stats:?}");
+}

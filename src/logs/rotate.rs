@@ -111,8 +111,19 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// Writes out the buffered lines. When that fails (a full disk) the
+    /// buffered lines are discarded, so memory stays bounded and a line is never
+    /// written twice; the caller counts them as lost.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        let result = self.file.flush();
+        if result.is_err() {
+            let file = self.file.get_ref().try_clone()?;
+            // The old writer's buffer goes with it; its `Drop` would retry the
+            // write, so it is forgotten through `into_parts`.
+            let old = std::mem::replace(&mut self.file, BufWriter::with_capacity(64 * 1024, file));
+            drop(old.into_parts());
+        }
+        result
     }
 
     fn backup(&self, suffix: &str) -> PathBuf {

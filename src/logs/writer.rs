@@ -124,6 +124,7 @@ impl LogWriter {
 fn run(mut sink: Sink, rx: &Receiver<Msg>, counters: &LogCounters) {
     let mut state = WriterState {
         failing: false,
+        unflushed: 0,
         reported_drops: 0,
         last_report: None,
     };
@@ -133,7 +134,7 @@ fn run(mut sink: Sink, rx: &Receiver<Msg>, counters: &LogCounters) {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
                 state.report_drops(&mut sink, counters);
-                let _ = sink.flush();
+                state.flush(&mut sink, counters);
                 return;
             }
         };
@@ -143,19 +144,21 @@ fn run(mut sink: Sink, rx: &Receiver<Msg>, counters: &LogCounters) {
                 Msg::Line(line) => state.write_one(&mut sink, line.as_bytes(), counters),
                 Msg::Flush(done) => {
                     state.report_drops(&mut sink, counters);
-                    let _ = sink.flush();
+                    state.flush(&mut sink, counters);
                     let _ = done.send(());
                 }
             }
             pending = rx.try_recv().ok();
         }
         state.report_drops(&mut sink, counters);
-        let _ = sink.flush();
+        state.flush(&mut sink, counters);
     }
 }
 
 struct WriterState {
     failing: bool,
+    /// Lines handed to the sink since its last flush: written once it succeeds.
+    unflushed: u64,
     reported_drops: u64,
     last_report: Option<Instant>,
 }
@@ -185,22 +188,36 @@ impl WriterState {
 
     fn write_one(&mut self, sink: &mut Sink, line: &[u8], counters: &LogCounters) {
         match sink.write_line(line, SystemTime::now()) {
+            Ok(()) => self.unflushed += 1,
+            Err(e) => {
+                counters.dropped_failed.fetch_add(1, Ordering::Relaxed);
+                self.failed(&e);
+            }
+        }
+    }
+
+    fn flush(&mut self, sink: &mut Sink, counters: &LogCounters) {
+        let lines = std::mem::take(&mut self.unflushed);
+        match sink.flush() {
             Ok(()) => {
-                counters.written.fetch_add(1, Ordering::Relaxed);
-                if self.failing {
+                counters.written.fetch_add(lines, Ordering::Relaxed);
+                if self.failing && lines > 0 {
                     self.failing = false;
                     eprintln!("tower-apm: log writing recovered");
                 }
             }
             Err(e) => {
-                counters.dropped_failed.fetch_add(1, Ordering::Relaxed);
-                if !self.failing {
-                    self.failing = true;
-                    eprintln!(
-                        "tower-apm: cannot write log lines ({e}); dropping and counting them until it works again"
-                    );
-                }
+                counters.dropped_failed.fetch_add(lines, Ordering::Relaxed);
+                self.failed(&e);
             }
+        }
+    }
+
+    /// Says so on stderr once per outage (the log itself cannot be written).
+    fn failed(&mut self, e: &io::Error) {
+        if !self.failing {
+            self.failing = true;
+            eprintln!("tower-apm: cannot write log lines ({e}); dropping and counting them until it works again");
         }
     }
 }
