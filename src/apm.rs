@@ -49,6 +49,11 @@ struct Inner {
     logs: Arc<LogWriter>,
     service: Arc<str>,
     redactor: Arc<Redactor>,
+    #[cfg(feature = "otlp-logs")]
+    otlp_logs: Option<(
+        opentelemetry_sdk::logs::SdkLoggerProvider,
+        Arc<crate::logs::otlp::LogExportCounters>,
+    )>,
 }
 
 /// Builds an [`Apm`]. Every setting has a default; the standard `OTEL_*`
@@ -217,14 +222,36 @@ impl Apm {
     pub fn init_logging(&self) -> Result<(), ConfigError> {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        tracing_subscriber::registry()
+        let registry = tracing_subscriber::registry()
             .with(env_filter()?)
             .with(self.tracing_layer())
-            .with(self.logging_layer())
+            .with(self.logging_layer());
+        #[cfg(feature = "otlp-logs")]
+        let registry = registry.with(self.otlp_logs_layer());
+        registry
             .try_init()
             .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(self.tracer_provider());
         Ok(())
+    }
+
+    /// The `tracing` layer that turns events into OpenTelemetry log records sent
+    /// over OTLP (`OTEL_LOGS_EXPORTER`, `OTEL_EXPORTER_OTLP_LOGS_*`), with the
+    /// trace and span ids of the current context. `None` when
+    /// `OTEL_LOGS_EXPORTER=none`. [`Apm::init_logging`] includes it.
+    #[cfg(feature = "otlp-logs")]
+    pub fn otlp_logs_layer(
+        &self,
+    ) -> Option<
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge<
+            opentelemetry_sdk::logs::SdkLoggerProvider,
+            opentelemetry_sdk::logs::SdkLogger,
+        >,
+    > {
+        self.inner
+            .otlp_logs
+            .as_ref()
+            .map(|(p, _)| opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(p))
     }
 
     /// Waits until every log line written so far is on its output, at most
@@ -244,6 +271,12 @@ impl Apm {
         stats.log_lines_written = logs.written.load(std::sync::atomic::Ordering::Relaxed);
         stats.log_lines_dropped_queue_full = logs.dropped_full.load(std::sync::atomic::Ordering::Relaxed);
         stats.log_lines_dropped_write_failed = logs.dropped_failed.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(feature = "otlp-logs")]
+        if let Some((_, c)) = &self.inner.otlp_logs {
+            stats.log_records_exported = c.exported.load(std::sync::atomic::Ordering::Relaxed);
+            stats.log_records_dropped = c.dropped.load(std::sync::atomic::Ordering::Relaxed)
+                + c.failed.load(std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(p) = &self.inner.pusher {
             stats.metric_exports = p.counters.exported.load(std::sync::atomic::Ordering::Relaxed);
             stats.metric_export_failures = p.counters.failed.load(std::sync::atomic::Ordering::Relaxed);
@@ -278,12 +311,18 @@ impl Apm {
                 None => Ok(()),
             }
         };
-        let (spans, metrics, logs) = tokio::join!(spans, metrics, self.flush_logs(deadline));
-        spans.and(metrics).and(if logs {
+        let (spans, metrics, logs, otlp_logs) = tokio::join!(
+            spans,
+            metrics,
+            self.flush_logs(deadline),
+            self.otlp_logs(deadline, false)
+        );
+        let logs = if logs {
             Ok(())
         } else {
             Err(ExportError::Deadline(deadline))
-        })
+        };
+        spans.and(metrics).and(logs).and(otlp_logs)
     }
 
     /// Flushes and stops the span pipeline and the metric push (a last push), and
@@ -313,12 +352,43 @@ impl Apm {
                 None => Ok(()),
             }
         };
-        let (spans, metrics, logs) = tokio::join!(spans, metrics, self.flush_logs(deadline));
-        spans.and(metrics).and(if logs {
+        let (spans, metrics, logs, otlp_logs) = tokio::join!(
+            spans,
+            metrics,
+            self.flush_logs(deadline),
+            self.otlp_logs(deadline, true)
+        );
+        let logs = if logs {
             Ok(())
         } else {
             Err(ExportError::Deadline(deadline))
-        })
+        };
+        spans.and(metrics).and(logs).and(otlp_logs)
+    }
+}
+
+impl Apm {
+    /// Flushes (or shuts down) the OTLP log export, when there is one.
+    async fn otlp_logs(&self, deadline: Duration, shutdown: bool) -> Result<(), ExportError> {
+        #[cfg(feature = "otlp-logs")]
+        if let Some((provider, _)) = &self.inner.otlp_logs {
+            let provider = provider.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                if shutdown {
+                    provider.shutdown_with_timeout(deadline)
+                } else {
+                    provider.force_flush()
+                }
+            })
+            .await;
+            return match done {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ExportError::Exporter(format!("logs: {e}"))),
+                Err(e) => Err(ExportError::Exporter(format!("logs: {e}"))),
+            };
+        }
+        let _ = (deadline, shutdown);
+        Ok(())
     }
 }
 
@@ -503,6 +573,19 @@ impl ApmBuilder {
         );
         let metrics =
             (config.metrics.enabled && !config.disabled).then(|| Arc::new(Metrics::new(config.metrics.max_series)));
+        #[cfg(feature = "otlp-logs")]
+        let otlp_logs = match crate::config::otlp_logs(&self.settings)? {
+            Some(cfg) if !config.disabled => {
+                let processor = crate::logs::otlp::QueueLogProcessor::start(cfg, config.resource.clone(), 8192)?;
+                let counters = Arc::clone(&processor.counters);
+                let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+                    .with_resource(config.resource.clone())
+                    .with_log_processor(processor)
+                    .build();
+                Some((provider, counters))
+            }
+            _ => None,
+        };
         let pusher = match &metrics {
             Some(m) if config.metrics.push => {
                 Some(Pusher::start(Arc::clone(m), config.resource.clone(), &config.metrics)?)
@@ -529,6 +612,8 @@ impl ApmBuilder {
                 logs,
                 service,
                 redactor,
+                #[cfg(feature = "otlp-logs")]
+                otlp_logs,
             }),
         })
     }

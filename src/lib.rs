@@ -206,6 +206,10 @@
 //!
 //! ## Cargo features
 //!
+//! - `otlp-logs`: `tracing` events also exported as OTLP log records
+//!   (`Apm::otlp_logs_layer`, included by [`Apm::init_logging`]), carrying the
+//!   trace and span ids of their request, to the collector that gets the spans
+//!   (`OTEL_LOGS_EXPORTER`, `OTEL_EXPORTER_OTLP_LOGS_*`).
 //! - `interop`: tests against real servers (a real OpenTelemetry collector,
 //!   Prometheus and promtool, the W3C trace-context suite); `.ci/run` installs them.
 

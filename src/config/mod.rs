@@ -272,6 +272,30 @@ const METRICS: SignalVars = SignalVars {
     path: "/v1/metrics",
 };
 
+#[cfg(feature = "otlp-logs")]
+const LOGS: SignalVars = SignalVars {
+    endpoint: "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+    path: "/v1/logs",
+};
+
+/// `OTEL_LOGS_EXPORTER`: `otlp` (the default with the `otlp-logs` feature) or
+/// `none`; where the records go.
+#[cfg(feature = "otlp-logs")]
+pub(crate) fn otlp_logs(s: &Settings) -> Result<Option<OtlpConfig>, ConfigError> {
+    match s.env.get("OTEL_LOGS_EXPORTER").as_deref() {
+        None | Some("otlp") => otlp_for(s, &LOGS).map(Some),
+        Some("none") => Ok(None),
+        Some(v) => Err(ConfigError::var(
+            "OTEL_LOGS_EXPORTER",
+            v,
+            "`otlp` or `none` (other exporters are not built into tower-apm)",
+        )),
+    }
+}
+
 /// Where and how one signal is sent: builder settings, then the signal's own
 /// variable, then the generic one, then the default.
 fn otlp_for(s: &Settings, sig: &SignalVars) -> Result<OtlpConfig, ConfigError> {

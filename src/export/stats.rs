@@ -32,6 +32,10 @@ pub struct TelemetryStats {
     pub log_lines_dropped_queue_full: u64,
     /// Log lines lost because writing them failed (a full disk, a closed pipe).
     pub log_lines_dropped_write_failed: u64,
+    /// Log records exported over OTLP (feature `otlp-logs`).
+    pub log_records_exported: u64,
+    /// Log records dropped (queue full) or lost in failed OTLP exports.
+    pub log_records_dropped: u64,
 }
 
 impl TelemetryStats {
@@ -51,6 +55,8 @@ impl TelemetryStats {
             log_lines_written: 0,
             log_lines_dropped_queue_full: 0,
             log_lines_dropped_write_failed: 0,
+            log_records_exported: 0,
+            log_records_dropped: 0,
         }
     }
 }

@@ -10,6 +10,8 @@
 //! and `message` `request`, and the fields listed on `AccessLog`.
 
 pub(crate) mod json;
+#[cfg(feature = "otlp-logs")]
+pub(crate) mod otlp;
 mod rotate;
 pub(crate) mod writer;
 

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -97,6 +99,7 @@ pub fn hex(bytes: &[u8]) -> String {
 struct Store {
     spans: Arc<Mutex<Vec<Received>>>,
     metrics: Arc<Mutex<Vec<(ExportMetricsServiceRequest, Transport)>>>,
+    logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
     arrived: Arc<Notify>,
 }
 
@@ -123,6 +126,20 @@ impl Store {
 }
 
 struct Grpc(Store);
+
+#[tonic::async_trait]
+impl LogsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.logs.lock().unwrap().push(request.into_inner());
+        self.0.arrived.notify_waiters();
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
 
 #[tonic::async_trait]
 impl MetricsService for Grpc {
@@ -177,10 +194,13 @@ impl Receiver {
             TraceServiceServer::new(Grpc(store.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let metrics_svc =
             MetricsServiceServer::new(Grpc(store.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let logs_svc =
+            LogsServiceServer::new(Grpc(store.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(svc)
                 .add_service(metrics_svc)
+                .add_service(logs_svc)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc))
                 .await
                 .unwrap();
@@ -279,6 +299,11 @@ impl Receiver {
                 self.spans()
             ),
         }
+    }
+
+    /// Every log export received so far (gRPC).
+    pub fn log_exports(&self) -> Vec<ExportLogsServiceRequest> {
+        self.store.logs.lock().unwrap().clone()
     }
 
     /// Every metric export received so far, with its transport.

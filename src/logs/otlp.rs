@@ -1,0 +1,230 @@
+//! OTLP log export (cargo feature `otlp-logs`): `tracing` events become
+//! OpenTelemetry log records through `opentelemetry-appender-tracing`, carrying the
+//! trace and span ids of the current context, and go to the same collector as the
+//! spans (`OTEL_EXPORTER_OTLP_LOGS_*`, else the generic variables).
+//!
+//! The SDK's `BatchLogProcessor` runs the exporter on a plain thread, where the
+//! tonic and hyper clients have no tokio runtime; this processor hands records
+//! to a thread of its own that runs one, through a bounded queue (full: the
+//! record is dropped and counted, never waited for).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
+
+use crate::config::{ConfigError, OtlpConfig, Protocol};
+
+/// Records sent per export.
+const BATCH: usize = 512;
+/// How long a record may wait for a full batch.
+const DELAY: Duration = Duration::from_secs(1);
+
+enum Cmd {
+    Record(Box<(SdkLogRecord, InstrumentationScope)>),
+    Flush(mpsc::Sender<OTelSdkResult>),
+    Shutdown(mpsc::Sender<OTelSdkResult>),
+}
+
+/// Counters of the log export.
+#[derive(Debug, Default)]
+pub(crate) struct LogExportCounters {
+    pub(crate) dropped: AtomicU64,
+    pub(crate) exported: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+/// The `LogProcessor` in front of the export thread.
+#[derive(Debug)]
+pub(crate) struct QueueLogProcessor {
+    tx: SyncSender<Cmd>,
+    timeout: Duration,
+    pub(crate) counters: Arc<LogExportCounters>,
+}
+
+impl QueueLogProcessor {
+    /// Starts the export thread; fails when the exporter cannot be built.
+    pub(crate) fn start(cfg: OtlpConfig, resource: Resource, capacity: usize) -> Result<Self, ConfigError> {
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), ConfigError>>(1);
+        let counters = Arc::new(LogExportCounters::default());
+        let c = Arc::clone(&counters);
+        let timeout = cfg.timeout;
+        std::thread::Builder::new()
+            .name("tower-apm-otlp-logs".into())
+            .spawn(move || {
+                // The exporter's own HTTP/gRPC stack must not log into itself.
+                let _silence = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ConfigError::Worker(e.to_string())));
+                        return;
+                    }
+                };
+                let exporter = match rt.block_on(async { build(&cfg) }) {
+                    Ok(mut e) => {
+                        e.set_resource(&resource);
+                        let _ = ready_tx.send(Ok(()));
+                        e
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                run(&rt, &exporter, &rx, &c, cfg.timeout);
+            })
+            .map_err(|e| ConfigError::Worker(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(QueueLogProcessor { tx, timeout, counters }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ConfigError::Worker(
+                "the log export thread exited while starting".into(),
+            )),
+        }
+    }
+
+    fn ask(&self, make: fn(mpsc::Sender<OTelSdkResult>) -> Cmd, timeout: Duration) -> OTelSdkResult {
+        let (done_tx, done_rx) = mpsc::channel();
+        let until = Instant::now() + timeout;
+        let mut cmd = make(done_tx);
+        loop {
+            match self.tx.try_send(cmd) {
+                Ok(()) => break,
+                Err(TrySendError::Full(c)) if Instant::now() < until => {
+                    cmd = c;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Full(_)) => return Err(OTelSdkError::Timeout(timeout)),
+                Err(TrySendError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
+            }
+        }
+        match done_rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(r) => r,
+            Err(_) => Err(OTelSdkError::Timeout(timeout)),
+        }
+    }
+}
+
+impl LogProcessor for QueueLogProcessor {
+    fn emit(&self, data: &mut SdkLogRecord, instrumentation: &InstrumentationScope) {
+        let item = Box::new((data.clone(), instrumentation.clone()));
+        if self.tx.try_send(Cmd::Record(item)).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.ask(Cmd::Flush, self.timeout)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.ask(Cmd::Shutdown, timeout)
+    }
+}
+
+fn build(cfg: &OtlpConfig) -> Result<opentelemetry_otlp::LogExporter, ConfigError> {
+    let builder = opentelemetry_otlp::LogExporter::builder();
+    let exporter = match cfg.protocol {
+        Protocol::Grpc => {
+            let mut headers = http::HeaderMap::new();
+            for (k, v) in &cfg.headers {
+                // Validated in `config`; an invalid pair cannot reach here.
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    http::HeaderValue::from_str(v),
+                ) {
+                    headers.insert(k, v);
+                }
+            }
+            builder
+                .with_tonic()
+                .with_endpoint(cfg.endpoint.clone())
+                .with_timeout(cfg.timeout)
+                .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                    headers,
+                ))
+                .build()
+        }
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(cfg.endpoint.clone())
+            .with_timeout(cfg.timeout)
+            .with_headers(cfg.headers.iter().cloned().collect())
+            .build(),
+    };
+    exporter.map_err(|e| ConfigError::Exporter(format!("logs: {e}")))
+}
+
+fn run(
+    rt: &tokio::runtime::Runtime,
+    exporter: &opentelemetry_otlp::LogExporter,
+    rx: &Receiver<Cmd>,
+    counters: &LogExportCounters,
+    timeout: Duration,
+) {
+    let mut batch: Vec<(SdkLogRecord, InstrumentationScope)> = Vec::with_capacity(BATCH);
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let wait = oldest.map_or(DELAY, |t| DELAY.saturating_sub(t.elapsed()));
+        let (reply, stop) = match rx.recv_timeout(wait) {
+            Ok(Cmd::Record(r)) => {
+                batch.push(*r);
+                oldest.get_or_insert_with(Instant::now);
+                if batch.len() < BATCH {
+                    continue;
+                }
+                (None, false)
+            }
+            Ok(Cmd::Flush(done)) => (Some(done), false),
+            Ok(Cmd::Shutdown(done)) => (Some(done), true),
+            Err(RecvTimeoutError::Timeout) => (None, false),
+            Err(RecvTimeoutError::Disconnected) => (None, true),
+        };
+        let result = export(rt, exporter, &mut batch, counters, timeout);
+        oldest = None;
+        if let Some(done) = reply {
+            let _ = done.send(result);
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn export(
+    rt: &tokio::runtime::Runtime,
+    exporter: &opentelemetry_otlp::LogExporter,
+    batch: &mut Vec<(SdkLogRecord, InstrumentationScope)>,
+    counters: &LogExportCounters,
+    timeout: Duration,
+) -> OTelSdkResult {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> = batch.iter().map(|b| (&b.0, &b.1)).collect();
+    // `LogBatch::new` is what the SDK's own processors use to hand records to an
+    // exporter (its docs warn it may become private: pinned with the SDK version).
+    let result = rt.block_on(async {
+        match tokio::time::timeout(timeout, exporter.export(LogBatch::new(&refs))).await {
+            Ok(r) => r,
+            Err(_) => Err(OTelSdkError::Timeout(timeout)),
+        }
+    });
+    let n = batch.len() as u64;
+    drop(refs);
+    batch.clear();
+    match &result {
+        Ok(()) => counters.exported.fetch_add(n, Ordering::Relaxed),
+        Err(_) => counters.failed.fetch_add(n, Ordering::Relaxed),
+    };
+    result
+}
