@@ -296,10 +296,9 @@ async fn a_full_log_queue_drops_and_counts_while_requests_go_on() {
         res.into_body().collect().await.unwrap();
     }
     let dropped = apm.stats().log_lines_dropped_queue_full;
-    assert!(
-        (89..=90).contains(&dropped),
-        "10 queued, 1 being written, the rest dropped: {dropped}"
-    );
+    // The writer holds what it took before it stalled (at most a queue's worth),
+    // 10 more wait in the queue, and the rest were dropped.
+    assert!((80..=89).contains(&dropped), "{dropped}");
     let page = apm
         .metrics_router()
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())

@@ -17,23 +17,67 @@ use super::rotate::civil_from_days;
 use super::writer::LogWriter;
 
 /// Writes `t` as RFC 3339 UTC with microseconds: `2026-11-27T03:40:12.123456Z`.
+/// Digit by digit: `format!` costs several times more, once per log line.
 pub(crate) fn write_timestamp(t: SystemTime, out: &mut String) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        d.subsec_micros()
-    );
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    fn put(b: &mut [u8], mut v: u64) {
+        for slot in b.iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    put(&mut b[0..4], y.clamp(0, 9999) as u64);
+    put(&mut b[5..7], u64::from(m));
+    put(&mut b[8..10], u64::from(day));
+    put(&mut b[11..13], s / 3600);
+    put(&mut b[14..16], s / 60 % 60);
+    put(&mut b[17..19], s % 60);
+    put(&mut b[20..26], u64::from(d.subsec_micros()));
+    out.push_str(std::str::from_utf8(&b).unwrap_or_default());
+}
+
+/// Appends `v` in decimal.
+pub(crate) fn push_u64(out: &mut String, mut v: u64) {
+    let mut b = [0u8; 20];
+    let mut i = b.len();
+    loop {
+        i -= 1;
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&b[i..]).unwrap_or_default());
+}
+
+/// Appends `bytes` as lowercase hex (trace and span ids).
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = [0u8; 32];
+    for (i, byte) in bytes.iter().take(16).enumerate() {
+        b[2 * i] = HEX[usize::from(byte >> 4)];
+        b[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    out.push_str(std::str::from_utf8(&b[..2 * bytes.len().min(16)]).unwrap_or_default());
+}
+
+/// Whether a byte must be escaped inside a JSON string.
+const fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
 }
 
 /// Appends `s` as the inside of a JSON string.
 pub(crate) fn escape_into(s: &str, out: &mut String) {
+    // Most values need no escaping: one scan, one copy.
+    if !s.bytes().any(needs_escape) {
+        out.push_str(s);
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc: Option<&str> = match b {
@@ -69,7 +113,12 @@ impl JsonLine {
     }
 
     pub(crate) fn with_capacity(n: usize) -> Self {
-        let mut buf = String::with_capacity(n);
+        JsonLine::in_buffer(String::with_capacity(n))
+    }
+
+    /// A line built in `buf` (emptied first): a buffer reused from the writer.
+    pub(crate) fn in_buffer(mut buf: String) -> Self {
+        buf.clear();
         buf.push('{');
         JsonLine { buf }
     }
@@ -101,12 +150,30 @@ impl JsonLine {
 
     pub(crate) fn u64_field(&mut self, key: &str, v: u64) {
         self.key(key);
-        let _ = write!(self.buf, "{v}");
+        push_u64(&mut self.buf, v);
     }
 
     pub(crate) fn i64_field(&mut self, key: &str, v: i64) {
         self.key(key);
-        let _ = write!(self.buf, "{v}");
+        if v < 0 {
+            self.buf.push('-');
+        }
+        push_u64(&mut self.buf, v.unsigned_abs());
+    }
+
+    /// A number with three decimals given in thousandths (`1234` is `1.234`).
+    pub(crate) fn milli_field(&mut self, key: &str, thousandths: u64) {
+        self.key(key);
+        push_u64(&mut self.buf, thousandths / 1000);
+        self.buf.push('.');
+        let frac = thousandths % 1000;
+        if frac < 100 {
+            self.buf.push('0');
+        }
+        if frac < 10 {
+            self.buf.push('0');
+        }
+        push_u64(&mut self.buf, frac);
     }
 
     pub(crate) fn f64_field(&mut self, key: &str, v: f64) {
@@ -144,12 +211,8 @@ pub(crate) fn write_trace_ids(line: &mut JsonLine) {
         let span = cx.span();
         let sc = span.span_context();
         if sc.is_valid() {
-            line.raw_field("trace_id", |s| {
-                let _ = write!(s, "{}", sc.trace_id());
-            });
-            line.raw_field("span_id", |s| {
-                let _ = write!(s, "{}", sc.span_id());
-            });
+            line.raw_field("trace_id", |s| push_hex(s, &sc.trace_id().to_bytes()));
+            line.raw_field("span_id", |s| push_hex(s, &sc.span_id().to_bytes()));
         }
     });
 }
@@ -236,7 +299,7 @@ where
 {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let mut line = JsonLine::new();
+        let mut line = JsonLine::in_buffer(self.writer.buffer());
         line.raw_field("timestamp", |s| write_timestamp(SystemTime::now(), s));
         line.raw_field("level", |s| s.push_str(meta.level().as_str()));
         line.str_field("target", meta.target());
@@ -260,6 +323,22 @@ mod tests {
         let mut s = String::new();
         write_timestamp(t, &mut s);
         assert_eq!(s, "2026-11-27T03:40:12.123456Z");
+    }
+
+    #[test]
+    fn numbers_and_ids_are_written_as_format_would() {
+        let mut s = String::new();
+        push_u64(&mut s, 0);
+        s.push(' ');
+        push_u64(&mut s, u64::MAX);
+        s.push(' ');
+        push_hex(&mut s, &[0x4b, 0xf9, 0x00, 0x0a]);
+        assert_eq!(s, format!("0 {} 4bf9000a", u64::MAX));
+        let mut line = JsonLine::new();
+        line.milli_field("a", 1234);
+        line.milli_field("b", 5);
+        line.i64_field("c", -42);
+        assert_eq!(line.finish(), "{\"a\":1.234,\"b\":0.005,\"c\":-42}\n");
     }
 
     #[test]

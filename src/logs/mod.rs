@@ -18,7 +18,7 @@ pub(crate) mod writer;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub use json::JsonLayer;
 pub use rotate::Rotation;
@@ -159,7 +159,7 @@ pub(crate) struct AccessLog {
 impl AccessLog {
     /// Formats `r` as one line and queues it.
     pub(crate) fn write(&self, r: &RequestRecord) {
-        let mut line = JsonLine::with_capacity(512);
+        let mut line = JsonLine::in_buffer(self.writer.buffer());
         line.raw_field("timestamp", |s| write_timestamp(SystemTime::now(), s));
         line.raw_field("level", |s| {
             s.push_str(if r.status.is_some_and(|st| st >= 500) {
@@ -184,7 +184,7 @@ impl AccessLog {
             Some(s) => line.u64_field("status", u64::from(s)),
             None => line.null_field("status"),
         }
-        line.f64_field("duration_ms", duration_ms(r.duration));
+        line.milli_field("duration_ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
         line.u64_field("response_bytes", r.response_body_bytes);
         match r.client {
             Some(c) => line.raw_field("client_address", |s| {
@@ -198,12 +198,8 @@ impl AccessLog {
         }
         line.str_field("request_id", r.request_id.as_str());
         if r.span.is_valid() {
-            line.raw_field("trace_id", |s| {
-                let _ = write!(s, "{}", r.span.trace_id());
-            });
-            line.raw_field("span_id", |s| {
-                let _ = write!(s, "{}", r.span.span_id());
-            });
+            line.raw_field("trace_id", |s| json::push_hex(s, &r.span.trace_id().to_bytes()));
+            line.raw_field("span_id", |s| json::push_hex(s, &r.span.span_id().to_bytes()));
         }
         if let Some(e) = r.error_type {
             line.str_field("error_type", e);
@@ -211,11 +207,6 @@ impl AccessLog {
         line.str_field("service", &self.service);
         self.writer.write(line.finish());
     }
-}
-
-/// Milliseconds with microsecond precision.
-fn duration_ms(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
 }
 
 /// The `x-request-id` of a request: taken from the client when it is 1 to 128

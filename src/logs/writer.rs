@@ -1,4 +1,5 @@
-//! The one place log lines are written: a bounded queue and a background thread.
+//! The one place log lines are written: a bounded queue and a background thread
+//! that wakes for a batch (or every 100 ms), not for every line.
 //! A producer never waits: when the queue is full the line is dropped and
 //! counted, and the writer reports the count in the log itself (and in the
 //! metrics) every few seconds while it grows. A write that fails (a full disk)
@@ -6,8 +7,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::json::{JsonLine, write_timestamp};
@@ -65,33 +65,98 @@ pub(crate) struct LogCounters {
 
 /// How often a growing drop count is reported in the log.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// The writer wakes for this many queued lines, else every `IDLE_WAKE`: a
+/// producer does not pay a wake-up (a futex call) per line.
+const WAKE_AT: usize = 256;
+const IDLE_WAKE: Duration = Duration::from_millis(100);
+/// Emptied line buffers kept for reuse.
+const MAX_SPARE: usize = 1024;
+
+struct Queue {
+    msgs: Vec<Msg>,
+    /// Line buffers the writer has emptied, handed back to producers: a buffer
+    /// allocated on a request thread and freed on the writer's costs more than
+    /// the lock that recycles it.
+    spare: Vec<String>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// The producers' side of the writer.
-#[derive(Debug)]
 pub(crate) struct LogWriter {
-    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
     pub(crate) counters: Arc<LogCounters>,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter")
+            .field("capacity", &self.shared.capacity)
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
 }
 
 impl LogWriter {
     /// Starts the writer thread with a queue of `capacity` lines.
     pub(crate) fn start(sink: Sink, capacity: usize) -> io::Result<LogWriter> {
-        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                msgs: Vec::new(),
+                spare: Vec::new(),
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            capacity: capacity.max(1),
+        });
         let counters = Arc::new(LogCounters::default());
-        let c = Arc::clone(&counters);
+        let (s, c) = (Arc::clone(&shared), Arc::clone(&counters));
         std::thread::Builder::new()
             .name("tower-apm-logs".into())
-            .spawn(move || run(sink, &rx, &c))?;
-        Ok(LogWriter { tx, counters })
+            .spawn(move || run(sink, &s, &c))?;
+        Ok(LogWriter { shared, counters })
+    }
+
+    /// An empty buffer to build a line in (a reused one when available).
+    pub(crate) fn buffer(&self) -> String {
+        self.shared
+            .lock()
+            .spare
+            .pop()
+            .unwrap_or_else(|| String::with_capacity(512))
     }
 
     /// Queues one line (ending in `\n`); drops and counts it when the queue is full.
     pub(crate) fn write(&self, line: String) {
-        match self.tx.try_send(Msg::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut q = self.shared.lock();
+        if q.msgs.len() >= self.shared.capacity {
+            drop(q);
+            self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.msgs.push(Msg::Line(line));
+        let wake = q.msgs.len() == WAKE_AT.min(self.shared.capacity);
+        drop(q);
+        if wake {
+            self.shared.wake.notify_one();
         }
     }
 
@@ -99,59 +164,57 @@ impl LogWriter {
     /// most `deadline`. Returns whether it finished in time.
     pub(crate) fn flush(&self, deadline: Duration) -> bool {
         let (done_tx, done_rx) = mpsc::channel();
-        let until = Instant::now() + deadline;
-        // The queue may be full: retry the hand-off until the deadline.
-        let mut msg = Msg::Flush(done_tx);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= until {
-                        return false;
-                    }
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(TrySendError::Disconnected(_)) => return true,
-            }
-        }
-        done_rx
-            .recv_timeout(until.saturating_duration_since(Instant::now()))
-            .is_ok()
+        // Past the capacity: a flush is never refused.
+        self.shared.lock().msgs.push(Msg::Flush(done_tx));
+        self.shared.wake.notify_one();
+        done_rx.recv_timeout(deadline).is_ok()
     }
 }
 
-fn run(mut sink: Sink, rx: &Receiver<Msg>, counters: &LogCounters) {
+fn run(mut sink: Sink, shared: &Shared, counters: &LogCounters) {
     let mut state = WriterState {
         failing: false,
         unflushed: 0,
         reported_drops: 0,
         last_report: None,
     };
+    let mut batch: Vec<Msg> = Vec::new();
+    let mut emptied: Vec<String> = Vec::new();
     loop {
-        let mut pending = match rx.recv_timeout(REPORT_EVERY) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => {
-                state.report_drops(&mut sink, counters);
-                state.flush(&mut sink, counters);
-                return;
+        let closed = {
+            let mut q = shared.lock();
+            if q.msgs.is_empty() && !q.closed {
+                q = shared
+                    .wake
+                    .wait_timeout(q, IDLE_WAKE)
+                    .map(|(q, _)| q)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
+            std::mem::swap(&mut q.msgs, &mut batch);
+            let room = MAX_SPARE.saturating_sub(q.spare.len());
+            q.spare.extend(emptied.drain(..).take(room));
+            q.closed
         };
-        // Write everything queued now, then flush once.
-        while let Some(m) = pending.take() {
+        emptied.clear();
+        for m in batch.drain(..) {
             match m {
-                Msg::Line(line) => state.write_one(&mut sink, line.as_bytes(), counters),
+                Msg::Line(mut line) => {
+                    state.write_one(&mut sink, line.as_bytes(), counters);
+                    line.clear();
+                    emptied.push(line);
+                }
                 Msg::Flush(done) => {
                     state.report_drops(&mut sink, counters);
                     state.flush(&mut sink, counters);
                     let _ = done.send(());
                 }
             }
-            pending = rx.try_recv().ok();
         }
         state.report_drops(&mut sink, counters);
         state.flush(&mut sink, counters);
+        if closed && shared.lock().msgs.is_empty() {
+            return;
+        }
     }
 }
 
