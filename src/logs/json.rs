@@ -1,8 +1,9 @@
 //! JSON lines: the `tracing` layer that writes every event as one line, and the
-//! small writer the access log shares with it. A line is built once, in one
-//! `String`, with no allocation per field.
+//! small writer the access log shares with it. A line is built once, as bytes in
+//! one reused buffer: no allocation per field, no `format!`, no UTF-8
+//! re-validation (the pieces are `&str` already, or ASCII written here).
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,8 +18,7 @@ use super::rotate::civil_from_days;
 use super::writer::LogWriter;
 
 /// Writes `t` as RFC 3339 UTC with microseconds: `2026-11-27T03:40:12.123456Z`.
-/// Digit by digit: `format!` costs several times more, once per log line.
-pub(crate) fn write_timestamp(t: SystemTime, out: &mut String) {
+pub(crate) fn write_timestamp(t: SystemTime, out: &mut Vec<u8>) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
@@ -37,11 +37,11 @@ pub(crate) fn write_timestamp(t: SystemTime, out: &mut String) {
     put(&mut b[14..16], s / 60 % 60);
     put(&mut b[17..19], s % 60);
     put(&mut b[20..26], u64::from(d.subsec_micros()));
-    out.push_str(std::str::from_utf8(&b).unwrap_or_default());
+    out.extend_from_slice(&b);
 }
 
 /// Appends `v` in decimal.
-pub(crate) fn push_u64(out: &mut String, mut v: u64) {
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut v: u64) {
     let mut b = [0u8; 20];
     let mut i = b.len();
     loop {
@@ -52,18 +52,16 @@ pub(crate) fn push_u64(out: &mut String, mut v: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&b[i..]).unwrap_or_default());
+    out.extend_from_slice(&b[i..]);
 }
 
 /// Appends `bytes` as lowercase hex (trace and span ids).
-pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut b = [0u8; 32];
-    for (i, byte) in bytes.iter().take(16).enumerate() {
-        b[2 * i] = HEX[usize::from(byte >> 4)];
-        b[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    for byte in bytes {
+        out.push(HEX[usize::from(byte >> 4)]);
+        out.push(HEX[usize::from(byte & 0xf)]);
     }
-    out.push_str(std::str::from_utf8(&b[..2 * bytes.len().min(16)]).unwrap_or_default());
 }
 
 /// Whether a byte must be escaped inside a JSON string.
@@ -71,81 +69,112 @@ const fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-/// Appends `s` as the inside of a JSON string.
-pub(crate) fn escape_into(s: &str, out: &mut String) {
-    // Most values need no escaping: one scan, one copy.
-    if !s.bytes().any(needs_escape) {
-        out.push_str(s);
+/// Whether any byte of `s` must be escaped, eight bytes at a time (the
+/// "has a byte less than n / equal to c" word tricks; exact for the whole word).
+fn any_needs_escape(s: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        let control = x.wrapping_sub(LO * 0x20) & !x & HI;
+        let q = x ^ (LO * u64::from(b'"'));
+        let quote = q.wrapping_sub(LO) & !q & HI;
+        let b = x ^ (LO * u64::from(b'\\'));
+        let backslash = b.wrapping_sub(LO) & !b & HI;
+        if control | quote | backslash != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|b| needs_escape(*b))
+}
+
+/// Appends `s` as the inside of a JSON string. Bytes of multi-byte UTF-8
+/// sequences are all >= 0x80 and pass through unchanged.
+pub(crate) fn escape_into(s: &[u8], out: &mut Vec<u8>) {
+    if !any_needs_escape(s) {
+        out.extend_from_slice(s);
         return;
     }
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
+    for (i, &b) in s.iter().enumerate() {
+        if !needs_escape(b) {
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
                 let _ = write!(out, "\\u{b:04x}");
             }
         }
         start = i + 1;
     }
-    out.push_str(&s[start..]);
+    out.extend_from_slice(&s[start..]);
 }
 
 /// A JSON object on one line, written field by field.
 #[derive(Debug)]
 pub(crate) struct JsonLine {
-    buf: String,
+    buf: Vec<u8>,
 }
 
 impl JsonLine {
     pub(crate) fn new() -> Self {
-        JsonLine::with_capacity(256)
-    }
-
-    pub(crate) fn with_capacity(n: usize) -> Self {
-        JsonLine::in_buffer(String::with_capacity(n))
+        JsonLine::in_buffer(Vec::with_capacity(256))
     }
 
     /// A line built in `buf` (emptied first): a buffer reused from the writer.
-    pub(crate) fn in_buffer(mut buf: String) -> Self {
+    pub(crate) fn in_buffer(mut buf: Vec<u8>) -> Self {
         buf.clear();
-        buf.push('{');
+        buf.push(b'{');
         JsonLine { buf }
     }
 
+    /// A key known to need no escaping (this crate's own keys).
     fn key(&mut self, key: &str) {
         if self.buf.len() > 1 {
-            self.buf.push(',');
+            self.buf.push(b',');
         }
-        self.buf.push('"');
-        escape_into(key, &mut self.buf);
-        self.buf.push_str("\":");
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    /// A key from outside (an event's field name), escaped when needed.
+    fn user_key(&mut self, key: &str) {
+        if self.buf.len() > 1 {
+            self.buf.push(b',');
+        }
+        self.buf.push(b'"');
+        escape_into(key.as_bytes(), &mut self.buf);
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    fn str_value(&mut self, value: &str) {
+        self.buf.push(b'"');
+        escape_into(value.as_bytes(), &mut self.buf);
+        self.buf.push(b'"');
     }
 
     pub(crate) fn str_field(&mut self, key: &str, value: &str) {
         self.key(key);
-        self.buf.push('"');
-        escape_into(value, &mut self.buf);
-        self.buf.push('"');
+        self.str_value(value);
     }
 
     /// A string value written by `f` (escaping is `f`'s job: used for values
     /// known to need none, such as timestamps and hex ids).
-    pub(crate) fn raw_field(&mut self, key: &str, f: impl FnOnce(&mut String)) {
+    pub(crate) fn raw_field(&mut self, key: &str, f: impl FnOnce(&mut Vec<u8>)) {
         self.key(key);
-        self.buf.push('"');
+        self.buf.push(b'"');
         f(&mut self.buf);
-        self.buf.push('"');
+        self.buf.push(b'"');
     }
 
     pub(crate) fn u64_field(&mut self, key: &str, v: u64) {
@@ -153,10 +182,9 @@ impl JsonLine {
         push_u64(&mut self.buf, v);
     }
 
-    pub(crate) fn i64_field(&mut self, key: &str, v: i64) {
-        self.key(key);
+    fn i64_value(&mut self, v: i64) {
         if v < 0 {
-            self.buf.push('-');
+            self.buf.push(b'-');
         }
         push_u64(&mut self.buf, v.unsigned_abs());
     }
@@ -165,19 +193,18 @@ impl JsonLine {
     pub(crate) fn milli_field(&mut self, key: &str, thousandths: u64) {
         self.key(key);
         push_u64(&mut self.buf, thousandths / 1000);
-        self.buf.push('.');
+        self.buf.push(b'.');
         let frac = thousandths % 1000;
         if frac < 100 {
-            self.buf.push('0');
+            self.buf.push(b'0');
         }
         if frac < 10 {
-            self.buf.push('0');
+            self.buf.push(b'0');
         }
         push_u64(&mut self.buf, frac);
     }
 
-    pub(crate) fn f64_field(&mut self, key: &str, v: f64) {
-        self.key(key);
+    fn f64_value(&mut self, v: f64) {
         if v.is_finite() {
             let _ = write!(self.buf, "{v}");
         } else {
@@ -186,19 +213,14 @@ impl JsonLine {
         }
     }
 
-    pub(crate) fn bool_field(&mut self, key: &str, v: bool) {
-        self.key(key);
-        self.buf.push_str(if v { "true" } else { "false" });
-    }
-
     pub(crate) fn null_field(&mut self, key: &str) {
         self.key(key);
-        self.buf.push_str("null");
+        self.buf.extend_from_slice(b"null");
     }
 
     /// The finished line, ending in `\n`.
-    pub(crate) fn finish(mut self) -> String {
-        self.buf.push_str("}\n");
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(b"}\n");
         self.buf
     }
 }
@@ -211,8 +233,8 @@ pub(crate) fn write_trace_ids(line: &mut JsonLine) {
         let span = cx.span();
         let sc = span.span_context();
         if sc.is_valid() {
-            line.raw_field("trace_id", |s| push_hex(s, &sc.trace_id().to_bytes()));
-            line.raw_field("span_id", |s| push_hex(s, &sc.span_id().to_bytes()));
+            line.raw_field("trace_id", |b| push_hex(b, &sc.trace_id().to_bytes()));
+            line.raw_field("span_id", |b| push_hex(b, &sc.span_id().to_bytes()));
         }
     });
 }
@@ -232,9 +254,11 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn redacted(&mut self, field: &Field) -> bool {
+    /// Writes the key; for a sensitive name also the `[REDACTED]` value.
+    fn key(&mut self, field: &Field) -> bool {
+        self.line.user_key(field.name());
         if self.redactor.is_sensitive_field(field.name()) {
-            self.line.str_field(field.name(), super::REDACTED);
+            self.line.str_value(super::REDACTED);
             true
         } else {
             false
@@ -244,52 +268,48 @@ impl Fields<'_> {
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if !self.redacted(field) {
-            self.line.str_field(field.name(), value);
+        if !self.key(field) {
+            self.line.str_value(value);
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if !self.redacted(field) {
-            self.line.i64_field(field.name(), value);
+        if !self.key(field) {
+            self.line.i64_value(value);
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if !self.redacted(field) {
-            self.line.u64_field(field.name(), value);
+        if !self.key(field) {
+            push_u64(&mut self.line.buf, value);
         }
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if !self.redacted(field) {
-            self.line.f64_field(field.name(), value);
+        if !self.key(field) {
+            self.line.f64_value(value);
         }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if !self.redacted(field) {
-            self.line.bool_field(field.name(), value);
+        if !self.key(field) {
+            self.line.buf.extend_from_slice(if value { b"true" } else { b"false" });
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if self.redacted(field) {
+        if self.key(field) {
             return;
         }
-        self.line.key(field.name());
-        self.line.buf.push('"');
-        // Formatted straight into the line, escaped on the way.
+        self.line.buf.push(b'"');
+        // Formatted straight into the line, escaped afterwards when needed.
         let start = self.line.buf.len();
         let _ = write!(self.line.buf, "{value:?}");
-        if self.line.buf[start..]
-            .bytes()
-            .any(|b| b == b'"' || b == b'\\' || b < 0x20)
-        {
+        if any_needs_escape(&self.line.buf[start..]) {
             let raw = self.line.buf.split_off(start);
             escape_into(&raw, &mut self.line.buf);
         }
-        self.line.buf.push('"');
+        self.line.buf.push(b'"');
     }
 }
 
@@ -301,7 +321,7 @@ where
         let meta = event.metadata();
         let mut line = JsonLine::in_buffer(self.writer.buffer());
         line.raw_field("timestamp", |s| write_timestamp(SystemTime::now(), s));
-        line.raw_field("level", |s| s.push_str(meta.level().as_str()));
+        line.raw_field("level", |b| b.extend_from_slice(meta.level().as_str().as_bytes()));
         line.str_field("target", meta.target());
         event.record(&mut Fields {
             line: &mut line,
@@ -320,31 +340,50 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
         let t = UNIX_EPOCH + std::time::Duration::from_micros(1_795_750_812_123_456);
-        let mut s = String::new();
-        write_timestamp(t, &mut s);
-        assert_eq!(s, "2026-11-27T03:40:12.123456Z");
+        let mut b = Vec::new();
+        write_timestamp(t, &mut b);
+        assert_eq!(b, b"2026-11-27T03:40:12.123456Z");
     }
 
     #[test]
     fn numbers_and_ids_are_written_as_format_would() {
-        let mut s = String::new();
-        push_u64(&mut s, 0);
-        s.push(' ');
-        push_u64(&mut s, u64::MAX);
-        s.push(' ');
-        push_hex(&mut s, &[0x4b, 0xf9, 0x00, 0x0a]);
-        assert_eq!(s, format!("0 {} 4bf9000a", u64::MAX));
+        let mut b = Vec::new();
+        push_u64(&mut b, 0);
+        b.push(b' ');
+        push_u64(&mut b, u64::MAX);
+        b.push(b' ');
+        push_hex(&mut b, &[0x4b, 0xf9, 0x00, 0x0a]);
+        assert_eq!(String::from_utf8(b).unwrap(), format!("0 {} 4bf9000a", u64::MAX));
         let mut line = JsonLine::new();
         line.milli_field("a", 1234);
         line.milli_field("b", 5);
-        line.i64_field("c", -42);
-        assert_eq!(line.finish(), "{\"a\":1.234,\"b\":0.005,\"c\":-42}\n");
+        line.key("c");
+        line.i64_value(-42);
+        assert_eq!(line.finish(), b"{\"a\":1.234,\"b\":0.005,\"c\":-42}\n");
     }
 
     #[test]
     fn strings_are_escaped_as_json_requires() {
-        let mut s = String::new();
-        escape_into("a\"b\\c\nd\u{1}é", &mut s);
-        assert_eq!(s, "a\\\"b\\\\c\\nd\\u0001é");
+        let mut b = Vec::new();
+        escape_into("a\"b\\c\nd\u{1}é".as_bytes(), &mut b);
+        assert_eq!(String::from_utf8(b).unwrap(), "a\\\"b\\\\c\\nd\\u0001é");
+    }
+
+    #[test]
+    fn the_word_at_a_time_check_finds_each_byte_to_escape_at_any_position() {
+        for len in 0..24 {
+            assert!(!any_needs_escape(&vec![b'a'; len]));
+            for pos in 0..len {
+                for bad in [b'"', b'\\', 0u8, 0x1f] {
+                    let mut v = vec![b'a'; len];
+                    v[pos] = bad;
+                    assert!(any_needs_escape(&v), "{bad:#x} at {pos} of {len}");
+                }
+                let mut v = vec![b'a'; len];
+                v[pos] = 0xc3; // a UTF-8 lead byte, and a space: no escape
+                v[(pos + 1) % len] = b' ';
+                assert!(!any_needs_escape(&v));
+            }
+        }
     }
 }

@@ -15,7 +15,6 @@ pub(crate) mod otlp;
 mod rotate;
 pub(crate) mod writer;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -161,13 +160,12 @@ impl AccessLog {
     pub(crate) fn write(&self, r: &RequestRecord) {
         let mut line = JsonLine::in_buffer(self.writer.buffer());
         line.raw_field("timestamp", |s| write_timestamp(SystemTime::now(), s));
-        line.raw_field("level", |s| {
-            s.push_str(if r.status.is_some_and(|st| st >= 500) {
-                "WARN"
-            } else {
-                "INFO"
-            })
-        });
+        let level: &[u8] = if r.status.is_some_and(|st| st >= 500) {
+            b"WARN"
+        } else {
+            b"INFO"
+        };
+        line.raw_field("level", |b| b.extend_from_slice(level));
         line.str_field("target", "tower_apm::access");
         line.str_field("message", "request");
         line.str_field("method", r.method.as_str());
@@ -187,8 +185,8 @@ impl AccessLog {
         line.milli_field("duration_ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
         line.u64_field("response_bytes", r.response_body_bytes);
         match r.client {
-            Some(c) => line.raw_field("client_address", |s| {
-                let _ = write!(s, "{}", c.ip());
+            Some(c) => line.raw_field("client_address", |b| {
+                let _ = std::io::Write::write_fmt(b, format_args!("{}", c.ip()));
             }),
             None => line.null_field("client_address"),
         }
@@ -198,8 +196,8 @@ impl AccessLog {
         }
         line.str_field("request_id", r.request_id.as_str());
         if r.span.is_valid() {
-            line.raw_field("trace_id", |s| json::push_hex(s, &r.span.trace_id().to_bytes()));
-            line.raw_field("span_id", |s| json::push_hex(s, &r.span.span_id().to_bytes()));
+            line.raw_field("trace_id", |b| json::push_hex(b, &r.span.trace_id().to_bytes()));
+            line.raw_field("span_id", |b| json::push_hex(b, &r.span.span_id().to_bytes()));
         }
         if let Some(e) = r.error_type {
             line.str_field("error_type", e);

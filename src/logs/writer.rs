@@ -49,7 +49,7 @@ impl Sink {
 }
 
 enum Msg {
-    Line(String),
+    Line(Vec<u8>),
     Flush(mpsc::Sender<()>),
 }
 
@@ -77,7 +77,7 @@ struct Queue {
     /// Line buffers the writer has emptied, handed back to producers: a buffer
     /// allocated on a request thread and freed on the writer's costs more than
     /// the lock that recycles it.
-    spare: Vec<String>,
+    spare: Vec<Vec<u8>>,
     closed: bool,
 }
 
@@ -136,16 +136,16 @@ impl LogWriter {
     }
 
     /// An empty buffer to build a line in (a reused one when available).
-    pub(crate) fn buffer(&self) -> String {
+    pub(crate) fn buffer(&self) -> Vec<u8> {
         self.shared
             .lock()
             .spare
             .pop()
-            .unwrap_or_else(|| String::with_capacity(512))
+            .unwrap_or_else(|| Vec::with_capacity(512))
     }
 
     /// Queues one line (ending in `\n`); drops and counts it when the queue is full.
-    pub(crate) fn write(&self, line: String) {
+    pub(crate) fn write(&self, line: Vec<u8>) {
         let mut q = self.shared.lock();
         if q.msgs.len() >= self.shared.capacity {
             drop(q);
@@ -179,7 +179,7 @@ fn run(mut sink: Sink, shared: &Shared, counters: &LogCounters) {
         last_report: None,
     };
     let mut batch: Vec<Msg> = Vec::new();
-    let mut emptied: Vec<String> = Vec::new();
+    let mut emptied: Vec<Vec<u8>> = Vec::new();
     loop {
         let closed = {
             let mut q = shared.lock();
@@ -199,7 +199,7 @@ fn run(mut sink: Sink, shared: &Shared, counters: &LogCounters) {
         for m in batch.drain(..) {
             match m {
                 Msg::Line(mut line) => {
-                    state.write_one(&mut sink, line.as_bytes(), counters);
+                    state.write_one(&mut sink, &line, counters);
                     line.clear();
                     emptied.push(line);
                 }
@@ -244,7 +244,7 @@ impl WriterState {
         );
         line.u64_field("dropped_total", dropped);
         line.u64_field("dropped_since_last_report", dropped - self.reported_drops);
-        self.write_one(sink, line.finish().as_bytes(), counters);
+        self.write_one(sink, &line.finish(), counters);
         self.reported_drops = dropped;
         self.last_report = Some(Instant::now());
     }
