@@ -157,7 +157,18 @@ impl JsonLine {
         self.buf.extend_from_slice(b"\":");
     }
 
-    fn str_value(&mut self, value: &str) {
+    /// Appends constant bytes as they are (keys with their quotes and separators).
+    pub(crate) fn piece(&mut self, bytes: &'static [u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The buffer, to write a value into directly.
+    pub(crate) fn bytes(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// A JSON string value, escaped when needed.
+    pub(crate) fn str_value(&mut self, value: &str) {
         self.buf.push(b'"');
         escape_into(value.as_bytes(), &mut self.buf);
         self.buf.push(b'"');
@@ -211,11 +222,6 @@ impl JsonLine {
             // JSON has no NaN or infinity.
             let _ = write!(self.buf, "\"{v}\"");
         }
-    }
-
-    pub(crate) fn null_field(&mut self, key: &str) {
-        self.key(key);
-        self.buf.extend_from_slice(b"null");
     }
 
     /// The finished line, ending in `\n`.

@@ -156,53 +156,67 @@ pub(crate) struct AccessLog {
 }
 
 impl AccessLog {
-    /// Formats `r` as one line and queues it.
+    /// Formats `r` as one line and queues it. The constant parts of the line
+    /// are written as whole pieces (key, quotes and separators at once).
     pub(crate) fn write(&self, r: &RequestRecord) {
         let mut line = JsonLine::in_buffer(self.writer.buffer());
-        line.raw_field("timestamp", |s| write_timestamp(SystemTime::now(), s));
-        let level: &[u8] = if r.status.is_some_and(|st| st >= 500) {
-            b"WARN"
+        line.piece(b"\"timestamp\":\"");
+        write_timestamp(SystemTime::now(), line.bytes());
+        line.piece(if r.status.is_some_and(|st| st >= 500) {
+            b"\",\"level\":\"WARN\",\"target\":\"tower_apm::access\",\"message\":\"request\",\"method\":"
         } else {
-            b"INFO"
-        };
-        line.raw_field("level", |b| b.extend_from_slice(level));
-        line.str_field("target", "tower_apm::access");
-        line.str_field("message", "request");
-        line.str_field("method", r.method.as_str());
+            b"\",\"level\":\"INFO\",\"target\":\"tower_apm::access\",\"message\":\"request\",\"method\":"
+        });
+        line.str_value(r.method.as_str());
+        line.piece(b",\"route\":");
         match &r.route {
-            Some(route) => line.str_field("route", route.as_str()),
-            None => line.null_field("route"),
+            Some(route) => line.str_value(route.as_str()),
+            None => line.piece(b"null"),
         }
         let (path, query) = r.path_and_query();
-        line.str_field("path", path);
+        line.piece(b",\"path\":");
+        line.str_value(path);
         if let Some(q) = query {
-            line.str_field("query", &redact_query(q));
+            line.piece(b",\"query\":");
+            line.str_value(&redact_query(q));
         }
+        line.piece(b",\"status\":");
         match r.status {
-            Some(s) => line.u64_field("status", u64::from(s)),
-            None => line.null_field("status"),
+            Some(s) => json::push_u64(line.bytes(), u64::from(s)),
+            None => line.piece(b"null"),
         }
         line.milli_field("duration_ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
-        line.u64_field("response_bytes", r.response_body_bytes);
+        line.piece(b",\"response_bytes\":");
+        json::push_u64(line.bytes(), r.response_body_bytes);
+        line.piece(b",\"client_address\":");
         match r.client {
-            Some(c) => line.raw_field("client_address", |b| {
-                let _ = std::io::Write::write_fmt(b, format_args!("{}", c.ip()));
-            }),
-            None => line.null_field("client_address"),
+            Some(c) => {
+                line.piece(b"\"");
+                let _ = std::io::Write::write_fmt(line.bytes(), format_args!("{}", c.ip()));
+                line.piece(b"\"");
+            }
+            None => line.piece(b"null"),
         }
+        line.piece(b",\"user_agent\":");
         match &r.user_agent {
-            Some(ua) => line.str_field("user_agent", ua.as_str()),
-            None => line.null_field("user_agent"),
+            Some(ua) => line.str_value(ua.as_str()),
+            None => line.piece(b"null"),
         }
-        line.str_field("request_id", r.request_id.as_str());
+        line.piece(b",\"request_id\":");
+        line.str_value(r.request_id.as_str());
         if r.span.is_valid() {
-            line.raw_field("trace_id", |b| json::push_hex(b, &r.span.trace_id().to_bytes()));
-            line.raw_field("span_id", |b| json::push_hex(b, &r.span.span_id().to_bytes()));
+            line.piece(b",\"trace_id\":\"");
+            json::push_hex(line.bytes(), &r.span.trace_id().to_bytes());
+            line.piece(b"\",\"span_id\":\"");
+            json::push_hex(line.bytes(), &r.span.span_id().to_bytes());
+            line.piece(b"\"");
         }
         if let Some(e) = r.error_type {
-            line.str_field("error_type", e);
+            line.piece(b",\"error_type\":");
+            line.str_value(e);
         }
-        line.str_field("service", &self.service);
+        line.piece(b",\"service\":");
+        line.str_value(&self.service);
         self.writer.write(line.finish());
     }
 }
