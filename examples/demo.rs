@@ -15,24 +15,33 @@
 //! - `/panic`          panics: a 500 with an `exception` event; the demo keeps serving
 //! - `/downstream`     calls `/users/42` on itself through the client layer: one
 //!   trace with two server spans and the client span between them
+//! - `/sleep/{ms}`     answers after `ms` milliseconds
+//! - `POST /jobs/{n}`  queues `n` jobs for a background worker (200 ms each)
+//! - `/livez`, `/readyz` health: readiness fails as soon as shutdown starts
 //! - `/metrics`        the Prometheus endpoint: request duration histograms per
 //!   route, in-flight requests, body sizes, process CPU and memory (OpenMetrics
 //!   with exemplars when asked: `curl -H 'Accept: application/openmetrics-text' ...`)
 //!
-//! Ctrl-C (or `kill -TERM`) flushes the spans, metrics and logs and exits 0.
+//! Ctrl-C (or `kill -TERM`) shuts down in logged phases: readiness fails, the
+//! pre-stop delay (`DEMO_PRE_STOP_MS`, default 0), the listener closes, in-flight
+//! requests finish (`DEMO_DRAIN_MS`, default 25 s), the worker finishes its job,
+//! cleanup hooks run, spans, metrics and logs are flushed; exit 0. A second
+//! Ctrl-C exits at once.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
 use tower::ServiceExt;
-use tower_apm::{Apm, ClientService, LogOutput};
+use tower_apm::{Apm, ClientService, LogOutput, Shutdown};
 
 type HttpClient = ClientService<Client<HttpConnector, Empty<bytes::Bytes>>>;
 
@@ -40,10 +49,26 @@ type HttpClient = ClientService<Client<HttpConnector, Empty<bytes::Bytes>>>;
 struct App {
     client: HttpClient,
     addr: SocketAddr,
+    jobs: mpsc::Sender<u32>,
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A duration in milliseconds from the environment (for the tests), else `default`.
+fn millis(var: &str, default: u64) -> Duration {
+    Duration::from_millis(std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+}
+
+async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     // 1. One handle, configured by the builder and the OTEL_* variables.
     let apm = Apm::builder()
         .service_name("tower-apm-demo")
@@ -54,56 +79,83 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     //    ids of the request; `tracing` spans exported as child spans.
     apm.init_logging()?;
 
+    // 3. Graceful shutdown on SIGTERM / Ctrl-C, in logged phases with deadlines.
+    let shutdown = Shutdown::builder()
+        .pre_stop_delay(millis("DEMO_PRE_STOP_MS", 0))
+        .drain_timeout(millis("DEMO_DRAIN_MS", 25_000))
+        .flush_timeout(millis("DEMO_FLUSH_MS", 5_000))
+        .telemetry(&apm)
+        .build();
+    shutdown.on_shutdown("say goodbye", || async { tracing::info!("goodbye") });
+    let jobs = spawn_worker(&shutdown, millis("DEMO_JOB_MS", 200));
+
     let addr = std::env::var("DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let addr = listener.local_addr()?;
 
-    // 3. An HTTP client with the client layer: outgoing calls join the trace.
+    // 4. An HTTP client with the client layer: outgoing calls join the trace.
     let http = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let client = tower::Layer::layer(&apm.client_layer(), http);
 
-    // 4. The router, with the layer added once.
+    // 5. The router, with the layers added once.
     let app = Router::new()
         .route(
             "/",
-            get(|| async { "tower-apm demo: try /users/7, /slow, /error, /panic, /downstream, /metrics\n" }),
+            get(|| async { "tower-apm demo: try /users/7, /slow, /error, /panic, /downstream, /metrics, /readyz\n" }),
         )
         .route("/users/{id}", get(user))
         .route("/slow", get(slow))
+        .route("/sleep/{ms}", get(sleep))
         .route("/error", get(error))
         .route("/panic", get(panics))
         .route("/downstream", get(downstream))
-        .with_state(App { client, addr })
-        // 5. The Prometheus endpoint, reading the same per-request records.
+        .route("/jobs/{n}", post(enqueue))
+        .with_state(App { client, addr, jobs })
+        // 6. The Prometheus endpoint and the health endpoints.
         .merge(apm.metrics_router())
+        .merge(shutdown.health_router())
         .layer(apm.layer());
 
     tracing::info!(url = %format!("http://{addr}"), "listening");
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stop_signal())
+        .with_graceful_shutdown(shutdown.signal())
         .await?;
 
-    // 6. Flush what is left, bounded by OTEL_BSP_EXPORT_TIMEOUT.
-    if let Err(e) = apm.shutdown().await {
-        tracing::warn!(error = %e, "spans not flushed");
-    }
-    Ok(())
+    // 7. Workers, hooks, then the flush of spans, metrics and logs; the exit code.
+    Ok(shutdown.finish(&apm).await)
 }
 
-async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// A background worker: takes jobs one at a time; on shutdown it finishes the one
+/// it holds and takes no other.
+fn spawn_worker(shutdown: &Shutdown, job_time: Duration) -> mpsc::Sender<u32> {
+    let (tx, mut rx) = mpsc::channel::<u32>(1024);
+    let worker = shutdown.worker("jobs");
+    tokio::spawn(async move {
+        loop {
+            let job = tokio::select! {
+                _ = worker.stopping() => break,
+                job = rx.recv() => match job { Some(j) => j, None => break },
+            };
+            tracing::info!(job, "job started");
+            tokio::time::sleep(job_time).await;
+            tracing::info!(job, "job finished");
         }
+        drop(worker);
+    });
+    tx
+}
+
+async fn enqueue(State(app): State<App>, Path(n): Path<u32>) -> String {
+    for job in 0..n {
+        let _ = app.jobs.send(job).await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+    format!("{n} jobs queued\n")
+}
+
+async fn sleep(Path(ms): Path<u64>) -> String {
+    tracing::info!(ms, "sleeping");
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms\n")
 }
 
 #[tracing::instrument]

@@ -174,6 +174,14 @@ impl Apm {
         Ok(local)
     }
 
+    /// Requests in flight per the request metrics (`None` when they are off).
+    pub(crate) fn active_requests(&self) -> Option<i64> {
+        self.inner
+            .metrics
+            .as_ref()
+            .map(|m| m.active().iter().map(|(_, _, n)| n).sum())
+    }
+
     /// Every metric in one exposition format.
     pub(crate) fn render_metrics(&self, format: Format) -> String {
         let empty;

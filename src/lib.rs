@@ -173,6 +173,20 @@
 //! and a warning line in the log says how many. A log file that cannot be opened
 //! is a [`ConfigError`] from [`ApmBuilder::build`].
 //!
+//! ## Graceful shutdown
+//!
+//! [`Shutdown`] turns SIGTERM or SIGINT into a clean exit in logged phases, each
+//! with a deadline: readiness fails (`/readyz` of [`Shutdown::health_router`]
+//! answers 503, `/livez` stays 200), an optional pre-stop delay keeps serving
+//! while the load balancer catches up, the listener closes, in-flight requests
+//! finish (responses carry `Connection: close`), registered workers finish the
+//! job they hold and take no new one, cleanup hooks run in reverse order, and
+//! spans, metrics and logs are flushed. [`Shutdown::finish`] returns the exit
+//! code: 0, or [`EXIT_DRAIN_TIMEOUT`], [`EXIT_CLEANUP_TIMEOUT`],
+//! [`EXIT_FLUSH_TIMEOUT`] when a deadline forced the exit (with a log line naming
+//! the phase and what was left); a second signal exits at once with
+//! [`EXIT_SECOND_SIGNAL`]. See [`Shutdown`] for the code.
+//!
 //! ## Configuration
 //!
 //! | variable | default |
@@ -202,6 +216,8 @@
 //! - [`ApmLayer`]: the server layer ([`ApmService`], [`ResponseFuture`]).
 //! - [`ClientLayer`]: the client layer for outgoing calls.
 //! - [`JsonLayer`], [`LogOutput`], [`Rotation`]: structured logs.
+//! - [`Shutdown`] ([`ShutdownBuilder`], [`ShutdownLayer`], [`Worker`], [`Phase`]):
+//!   graceful shutdown.
 //! - [`Sampler`], [`Protocol`], [`TelemetryStats`], [`ConfigError`], [`ExportError`].
 //!
 //! ## Cargo features
@@ -224,6 +240,7 @@ mod logs;
 mod metrics;
 mod record;
 mod redact;
+mod shutdown;
 mod trace;
 
 pub use apm::{Apm, ApmBuilder};
@@ -231,4 +248,8 @@ pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};
 pub use layer::{ApmLayer, ApmService, ResponseFuture};
 pub use logs::{JsonLayer, LogOutput, Rotation};
+pub use shutdown::{
+    EXIT_CLEANUP_TIMEOUT, EXIT_DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, EXIT_SECOND_SIGNAL, Phase, Shutdown, ShutdownBuilder,
+    ShutdownFuture, ShutdownLayer, ShutdownService, Worker,
+};
 pub use trace::{ClientFuture, ClientLayer, ClientService, Sampler};

@@ -6,7 +6,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -14,24 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use support::Receiver;
-
-/// The demo binary that `cargo test` built next to this test (built on demand when
-/// only this test target was compiled).
-fn demo_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("demo");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "demo"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
+use support::{Receiver, demo_binary};
 
 async fn get(url: String) -> (u16, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();

@@ -107,7 +107,8 @@ where
         };
         match polled {
             Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(Ok(res))) => {
+            Ok(Poll::Ready(Ok(mut res))) => {
+                crate::shutdown::mark_close_if_draining(&mut res);
                 // Unrecorded, an axum `Body` passes through as it is (`Body::new`
                 // does not box a `Body` again); recorded, it is wrapped once here
                 // rather than by axum after us.

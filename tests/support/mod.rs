@@ -360,3 +360,20 @@ pub fn apm_to(receiver: &Receiver, transport: Transport, extra: &[(&str, &str)])
         .build()
         .expect("valid test configuration")
 }
+
+/// The demo binary that `cargo test` built next to this test (built on demand when
+/// only this test target was compiled).
+pub fn demo_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("demo");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--example", "demo"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}

@@ -1,0 +1,292 @@
+//! Graceful shutdown as an operator meets it: the demo as a real process, a real
+//! SIGTERM, its JSON log lines read as they come, and its spans decoded by the
+//! OTLP receiver. Every wait awaits an event (a log line, a response, a refused
+//! connection, the exit), never a fixed sleep.
+
+#![cfg(unix)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use support::{Receiver, demo_binary};
+use tokio::sync::mpsc;
+
+/// The demo, running, with its stdout lines arriving as JSON values.
+struct Demo {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+    seen: Vec<Value>,
+    base: String,
+    addr: SocketAddr,
+}
+
+impl Demo {
+    async fn start(env: &[(&str, &str)]) -> Demo {
+        let mut cmd = Command::new(demo_binary());
+        cmd.env("DEMO_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .env("OTEL_METRICS_EXPORTER", "prometheus")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut demo = Demo {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            base: String::new(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+        };
+        let listening = demo.wait_line(|l| l["message"] == "listening").await;
+        demo.base = listening["url"].as_str().unwrap().to_owned();
+        demo.addr = demo.base.trim_start_matches("http://").parse().unwrap();
+        demo
+    }
+
+    /// Awaits the first line (from now on) that `pred` accepts.
+    async fn wait_line(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        let wait = async {
+            loop {
+                let line = self.lines.recv().await.expect("the demo's stdout closed first");
+                self.seen.push(line.clone());
+                if pred(&line) {
+                    return line;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no such line within 30 s; saw {:#?}", self.seen))
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Waits for the exit; returns its code and every remaining line.
+    async fn exit(mut self) -> (Option<i32>, Vec<Value>) {
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        (status.code(), self.seen)
+    }
+}
+
+async fn get(url: String) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let res = client.get(url.parse().unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A GET that also returns the response's `Connection` header.
+async fn get_connection_header(url: String) -> (u16, String, Option<String>) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let res = client.get(url.parse().unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let connection = res
+        .headers()
+        .get(http::header::CONNECTION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), connection)
+}
+
+async fn post(url: String) -> u16 {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let req = http::Request::post(url).body(Empty::new()).unwrap();
+    client.request(req).await.unwrap().status().as_u16()
+}
+
+/// Awaits the listener refusing connections (polling the port: the only way to
+/// observe it from outside).
+async fn refused(addr: SocketAddr) {
+    let wait = async {
+        loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the listener closed");
+}
+
+/// The line that ends `phase`: it carries the phase's duration.
+fn phase_line<'a>(lines: &'a [Value], phase: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["target"] == "tower_apm::shutdown" && l["phase"] == phase && l.get("duration_ms").is_some())
+        .unwrap_or_else(|| panic!("no {phase} line in {lines:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_finishes_in_flight_work_and_exits_0_in_phases() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.grpc_endpoint();
+    let mut demo = Demo::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ("DEMO_PRE_STOP_MS", "1000"),
+        ("DEMO_JOB_MS", "400"),
+    ])
+    .await;
+
+    // A worker busy with a queue of jobs, and a slow request in flight.
+    assert_eq!(post(format!("{}/jobs/20", demo.base)).await, 200);
+    demo.wait_line(|l| l["message"] == "job started").await;
+    let slow = tokio::spawn(get_connection_header(format!("{}/sleep/2500", demo.base)));
+    demo.wait_line(|l| l["message"] == "sleeping").await;
+
+    demo.sigterm();
+    demo.wait_line(|l| l["phase"] == "not_ready").await;
+    // The pre-stop delay: not ready, still alive, still serving.
+    assert_eq!(get(format!("{}/readyz", demo.base)).await.0, 503);
+    assert_eq!(get(format!("{}/livez", demo.base)).await.0, 200);
+
+    demo.wait_line(|l| l["phase"] == "stop_accepting").await;
+    refused(demo.addr).await;
+
+    let (status, body, connection) = slow.await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "slept 2500 ms\n"),
+        "the in-flight request finished"
+    );
+    assert_eq!(connection.as_deref(), Some("close"), "answered while draining");
+
+    let (code, lines) = demo.exit().await;
+    assert_eq!(code, Some(0), "every phase in time");
+
+    // The in-flight request's span was flushed before the exit.
+    assert!(
+        receiver.spans().iter().any(|s| s.span.name == "GET /sleep/{ms}"),
+        "{:#?}",
+        receiver.spans()
+    );
+
+    // Each phase is named, with its duration.
+    let pre_stop = phase_line(&lines, "pre_stop");
+    assert!(pre_stop["duration_ms"].as_f64().unwrap() >= 1000.0, "{pre_stop}");
+    for phase in ["drain", "cleanup", "flush"] {
+        assert!(phase_line(&lines, phase)["duration_ms"].is_number(), "{phase}");
+    }
+    let exit = lines.iter().find(|l| l["phase"] == "exit").expect("the exit line");
+    assert_eq!(exit["exit_code"], 0);
+
+    // The worker finished the job it held and took no new one.
+    let started: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["message"] == "job started")
+        .map(|l| l["job"].as_u64().unwrap())
+        .collect();
+    let finished: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["message"] == "job finished")
+        .map(|l| l["job"].as_u64().unwrap())
+        .collect();
+    assert_eq!(started, finished, "every job started was finished");
+    assert!(started.len() < 20, "jobs were left in the queue: {started:?}");
+    let cleanup_at = lines.iter().position(|l| l["phase"] == "cleanup").unwrap();
+    assert!(
+        !lines[cleanup_at..].iter().any(|l| l["message"] == "job started"),
+        "no job started during cleanup"
+    );
+    assert!(lines.iter().any(|l| l["message"] == "worker stopped"));
+    assert!(lines.iter().any(|l| l["message"] == "goodbye"), "the cleanup hook ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_drain_deadline_exits_with_the_drain_code_on_time() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.grpc_endpoint();
+    let mut demo = Demo::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("DEMO_DRAIN_MS", "500"),
+    ])
+    .await;
+    // Cut off when the process exits: its result is not awaited.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let _stuck = tokio::spawn(client.get(format!("{}/sleep/60000", demo.base).parse().unwrap()));
+    demo.wait_line(|l| l["message"] == "sleeping").await;
+    let sent = Instant::now();
+    demo.sigterm();
+    let (code, lines) = demo.exit().await;
+    let took = sent.elapsed();
+    assert_eq!(code, Some(i32::from(tower_apm::EXIT_DRAIN_TIMEOUT)));
+    assert!(took < Duration::from_millis(500) + Duration::from_secs(3), "{took:?}");
+    let deadline = lines
+        .iter()
+        .find(|l| l["message"] == "drain deadline passed with requests still in flight")
+        .expect("a line naming the phase");
+    assert_eq!(deadline["phase"], "drain");
+    assert_eq!(deadline["in_flight"], 1, "what was left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_hangs_cannot_hold_the_exit_past_the_flush_deadline() {
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let demo = Demo::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("DEMO_FLUSH_MS", "800"),
+    ])
+    .await;
+    assert_eq!(get(format!("{}/users/1", demo.base)).await.0, 200);
+    let sent = Instant::now();
+    demo.sigterm();
+    let (code, lines) = demo.exit().await;
+    let took = sent.elapsed();
+    assert_eq!(code, Some(i32::from(tower_apm::EXIT_FLUSH_TIMEOUT)), "{lines:#?}");
+    assert!(took < Duration::from_millis(800) + Duration::from_secs(3), "{took:?}");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_demo_exits_0_soon_after_sigterm() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.grpc_endpoint();
+    let demo = Demo::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]).await;
+    let sent = Instant::now();
+    demo.sigterm();
+    let (code, lines) = demo.exit().await;
+    let took = sent.elapsed();
+    assert_eq!(code, Some(0));
+    let flush = phase_line(&lines, "flush")["duration_ms"].as_f64().unwrap();
+    println!("SIGTERM to exit: {took:?}, of which flush {flush:.1} ms");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
