@@ -290,3 +290,25 @@ async fn an_idle_demo_exits_0_soon_after_sigterm() {
     println!("SIGTERM to exit: {took:?}, of which flush {flush:.1} ms");
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_with_its_code() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.grpc_endpoint();
+    let mut demo = Demo::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("DEMO_DRAIN_MS", "60000"),
+    ])
+    .await;
+    // Cut off when the process exits: its result is not awaited.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let _stuck = tokio::spawn(client.get(format!("{}/sleep/60000", demo.base).parse().unwrap()));
+    demo.wait_line(|l| l["message"] == "sleeping").await;
+    demo.sigterm();
+    demo.wait_line(|l| l["phase"] == "stop_accepting").await;
+    let sent = Instant::now();
+    demo.sigterm();
+    let (code, _) = demo.exit().await;
+    assert_eq!(code, Some(i32::from(tower_apm::EXIT_SECOND_SIGNAL)));
+    assert!(sent.elapsed() < Duration::from_secs(2), "{:?}", sent.elapsed());
+}
