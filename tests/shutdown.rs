@@ -312,3 +312,79 @@ async fn a_second_signal_exits_at_once_with_its_code() {
     assert_eq!(code, Some(i32::from(tower_apm::EXIT_SECOND_SIGNAL)));
     assert!(sent.elapsed() < Duration::from_secs(2), "{:?}", sent.elapsed());
 }
+
+/// Plain hyper (no axum): the helper's signal drives hyper-util's graceful
+/// watcher, the in-flight request finishes, and the exit code is 0.
+#[tokio::test]
+async fn the_helper_drives_hyper_utils_graceful_shutdown() {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tower::Layer;
+
+    let apm = tower_apm::Apm::builder()
+        .environment([
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+        ])
+        .build()
+        .unwrap();
+    let shutdown = tower_apm::Shutdown::builder()
+        .handle_signals(false)
+        .telemetry(&apm)
+        .build();
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let entered_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    let handler = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let entered_tx = entered_tx.clone();
+        async move {
+            if let Some(tx) = entered_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            // The request in flight when the shutdown starts.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                "done",
+            ))))
+        }
+    });
+    let svc = apm.layer().layer(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+
+    let server = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            let signal = shutdown.signal();
+            tokio::pin!(signal);
+            loop {
+                tokio::select! {
+                    conn = listener.accept() => {
+                        let (stream, _) = conn.unwrap();
+                        let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+                        let conn = auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .into_owned();
+                        tokio::spawn(graceful.watch(conn));
+                    }
+                    _ = &mut signal => break,
+                }
+            }
+            drop(listener);
+            graceful.shutdown().await;
+        })
+    };
+
+    let request = tokio::spawn(get_connection_header(format!("http://{addr}/")));
+    entered_rx.await.unwrap();
+    shutdown.trigger();
+    let (status, body, connection) = request.await.unwrap();
+    assert_eq!(
+        (status, body.as_str(), connection.as_deref()),
+        (200, "done", Some("close"))
+    );
+    server.await.unwrap();
+    assert_eq!(shutdown.finish(&apm).await, std::process::ExitCode::SUCCESS);
+    assert_eq!(shutdown.phase(), tower_apm::Phase::Exited);
+}
