@@ -84,6 +84,24 @@ pub(crate) struct OtlpConfig {
     pub(crate) timeout: Duration,
 }
 
+impl OtlpConfig {
+    /// The headers (gRPC metadata) sent with every export.
+    pub(crate) fn header_map(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in &self.headers {
+            // Validated when the configuration was resolved: an invalid pair
+            // cannot reach here.
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+        headers
+    }
+}
+
 /// Which propagation formats are read from requests and written to outgoing calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Propagation {

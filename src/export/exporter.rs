@@ -58,26 +58,14 @@ impl ExporterSpec {
 fn build_otlp(cfg: &OtlpConfig) -> Result<Box<dyn DynSpanExporter>, opentelemetry_otlp::ExporterBuildError> {
     let builder = opentelemetry_otlp::SpanExporter::builder();
     let exporter = match cfg.protocol {
-        Protocol::Grpc => {
-            let mut headers = http::HeaderMap::new();
-            for (k, v) in &cfg.headers {
-                // Validated in `config`; an invalid pair cannot reach here.
-                if let (Ok(k), Ok(v)) = (
-                    http::HeaderName::from_bytes(k.as_bytes()),
-                    http::HeaderValue::from_str(v),
-                ) {
-                    headers.insert(k, v);
-                }
-            }
-            builder
-                .with_tonic()
-                .with_endpoint(cfg.endpoint.clone())
-                .with_timeout(cfg.timeout)
-                .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-                    headers,
-                ))
-                .build()?
-        }
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(cfg.endpoint.clone())
+            .with_timeout(cfg.timeout)
+            .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                cfg.header_map(),
+            ))
+            .build()?,
         Protocol::HttpProtobuf => builder
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)

@@ -99,3 +99,42 @@ impl Pipeline {
         self.command(worker::Command::Shutdown, deadline).await
     }
 }
+
+/// Starts a background thread named `name` with its own current-thread tokio
+/// runtime and `tracing` silenced on it (an exporter's HTTP and gRPC stacks would
+/// otherwise trace their own exports), runs `setup` there (exporters need the
+/// runtime to be built), and returns once `setup` succeeded, `run` then taking
+/// over the thread, or failed. Each export thread of the crate (spans, metric
+/// push, OTLP logs) starts this way.
+pub(crate) fn spawn_export_thread<T, S, R>(name: &str, setup: S, run: R) -> Result<(), ConfigError>
+where
+    S: FnOnce(&tokio::runtime::Runtime) -> Result<T, ConfigError> + Send + 'static,
+    R: FnOnce(&tokio::runtime::Runtime, T) + Send + 'static,
+{
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), ConfigError>>(1);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _silence = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(ConfigError::Worker(e.to_string())));
+                    return;
+                }
+            };
+            match setup(&rt) {
+                Ok(state) => {
+                    let _ = ready_tx.send(Ok(()));
+                    run(&rt, state);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| ConfigError::Worker(e.to_string()))?;
+    ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err(ConfigError::Worker(format!("the {name} thread exited while starting"))))
+}

@@ -34,28 +34,17 @@ pub(crate) fn spawn(
     queue: Arc<SpanQueue>,
     commands: mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), ConfigError> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), ConfigError>>(1);
-    std::thread::Builder::new()
-        .name("tower-apm-export".into())
-        .spawn(move || {
-            let _silence = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(ConfigError::Worker(e.to_string())));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let mut exporter = match spec.build() {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
+    super::spawn_export_thread(
+        "tower-apm-export",
+        move |rt| {
+            rt.block_on(async {
+                let mut exporter = spec.build()?;
                 exporter.set_resource_dyn(&resource);
-                let _ = ready_tx.send(Ok(()));
+                Ok(exporter)
+            })
+        },
+        move |rt, exporter| {
+            rt.block_on(
                 Worker {
                     exporter,
                     queue,
@@ -66,16 +55,10 @@ pub(crate) fn spawn(
                     warned_queue_full: false,
                     redactor,
                 }
-                .run(commands)
-                .await;
-            });
-        })
-        .map_err(|e| ConfigError::Worker(e.to_string()))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(ConfigError::Worker("the export thread exited while starting".into())),
-    }
+                .run(commands),
+            );
+        },
+    )
 }
 
 struct Worker {

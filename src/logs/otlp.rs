@@ -52,43 +52,21 @@ impl QueueLogProcessor {
     /// Starts the export thread; fails when the exporter cannot be built.
     pub(crate) fn start(cfg: OtlpConfig, resource: Resource, capacity: usize) -> Result<Self, ConfigError> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), ConfigError>>(1);
         let counters = Arc::new(LogExportCounters::default());
         let c = Arc::clone(&counters);
         let timeout = cfg.timeout;
-        std::thread::Builder::new()
-            .name("tower-apm-otlp-logs".into())
-            .spawn(move || {
-                // The exporter's own HTTP/gRPC stack must not log into itself.
-                let _silence = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(ConfigError::Worker(e.to_string())));
-                        return;
-                    }
-                };
-                let exporter = match rt.block_on(async { build(&cfg) }) {
-                    Ok(mut e) => {
-                        e.set_resource(&resource);
-                        let _ = ready_tx.send(Ok(()));
-                        e
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                run(&rt, &exporter, &rx, &c, cfg.timeout);
-            })
-            .map_err(|e| ConfigError::Worker(e.to_string()))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(QueueLogProcessor { tx, timeout, counters }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ConfigError::Worker(
-                "the log export thread exited while starting".into(),
-            )),
-        }
+        crate::export::spawn_export_thread(
+            "tower-apm-otlp-logs",
+            move |rt| {
+                rt.block_on(async {
+                    let mut exporter = build(&cfg)?;
+                    exporter.set_resource(&resource);
+                    Ok(exporter)
+                })
+            },
+            move |rt, exporter| run(rt, &exporter, &rx, &c, timeout),
+        )?;
+        Ok(QueueLogProcessor { tx, timeout, counters })
     }
 
     fn ask(&self, make: fn(mpsc::Sender<OTelSdkResult>) -> Cmd, timeout: Duration) -> OTelSdkResult {
@@ -133,26 +111,14 @@ impl LogProcessor for QueueLogProcessor {
 fn build(cfg: &OtlpConfig) -> Result<opentelemetry_otlp::LogExporter, ConfigError> {
     let builder = opentelemetry_otlp::LogExporter::builder();
     let exporter = match cfg.protocol {
-        Protocol::Grpc => {
-            let mut headers = http::HeaderMap::new();
-            for (k, v) in &cfg.headers {
-                // Validated in `config`; an invalid pair cannot reach here.
-                if let (Ok(k), Ok(v)) = (
-                    http::HeaderName::from_bytes(k.as_bytes()),
-                    http::HeaderValue::from_str(v),
-                ) {
-                    headers.insert(k, v);
-                }
-            }
-            builder
-                .with_tonic()
-                .with_endpoint(cfg.endpoint.clone())
-                .with_timeout(cfg.timeout)
-                .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-                    headers,
-                ))
-                .build()
-        }
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(cfg.endpoint.clone())
+            .with_timeout(cfg.timeout)
+            .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                cfg.header_map(),
+            ))
+            .build(),
         Protocol::HttpProtobuf => builder
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)

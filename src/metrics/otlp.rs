@@ -58,7 +58,6 @@ impl Pusher {
     /// Starts the push thread; returns once its transport exists (or failed).
     pub(crate) fn start(metrics: Arc<Metrics>, resource: Resource, cfg: &MetricsConfig) -> Result<Pusher, ConfigError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), ConfigError>>(1);
         let counters = Arc::new(PushCounters::default());
         let worker = PushWorker {
             metrics,
@@ -70,35 +69,13 @@ impl Pusher {
             counters: Arc::clone(&counters),
             failing: false,
         };
-        std::thread::Builder::new()
-            .name("tower-apm-metrics".into())
-            .spawn(move || {
-                let _silence = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(ConfigError::Worker(e.to_string())));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let transport = match Transport::new(&worker.otlp, worker.timeout) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    worker.run(transport, rx).await;
-                });
-            })
-            .map_err(|e| ConfigError::Worker(e.to_string()))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Pusher { commands: tx, counters }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ConfigError::Worker("the metrics thread exited while starting".into())),
-        }
+        let (otlp, timeout) = (worker.otlp.clone(), worker.timeout);
+        crate::export::spawn_export_thread(
+            "tower-apm-metrics",
+            move |rt| rt.block_on(async { Transport::new(&otlp, timeout) }),
+            move |rt, transport| rt.block_on(worker.run(transport, rx)),
+        )?;
+        Ok(Pusher { commands: tx, counters })
     }
 
     /// Pushes now and waits for the result, at most `deadline`.
@@ -142,16 +119,7 @@ enum Transport {
 
 impl Transport {
     fn new(cfg: &OtlpConfig, timeout: Duration) -> Result<Transport, ConfigError> {
-        let mut headers = http::HeaderMap::new();
-        for (k, v) in &cfg.headers {
-            // Validated in `config`; an invalid pair cannot reach here.
-            if let (Ok(k), Ok(v)) = (
-                http::HeaderName::from_bytes(k.as_bytes()),
-                http::HeaderValue::from_str(v),
-            ) {
-                headers.insert(k, v);
-            }
-        }
+        let headers = cfg.header_map();
         let bad = |e: String| ConfigError::Exporter(format!("metrics endpoint {}: {e}", cfg.endpoint));
         Ok(match cfg.protocol {
             Protocol::Grpc => {
