@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use support::{Receiver, demo_binary};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// The demo, running, with its stdout lines arriving as JSON values.
@@ -170,6 +171,19 @@ async fn sigterm_fails_readiness_finishes_in_flight_work_and_exits_0_in_phases()
     let slow = tokio::spawn(get_connection_header(format!("{}/sleep/2500", demo.base)));
     demo.wait_line(|l| l["message"] == "sleeping").await;
 
+    // An idle keep-alive connection, open before the signal.
+    let mut idle = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nhost: demo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"ok\n") {
+        let mut buf = [0u8; 1024];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the server closed a keep-alive connection early");
+        got.extend_from_slice(&buf[..n]);
+    }
+
     demo.sigterm();
     demo.wait_line(|l| l["phase"] == "not_ready").await;
     // The pre-stop delay: not ready, still alive, still serving.
@@ -178,6 +192,12 @@ async fn sigterm_fails_readiness_finishes_in_flight_work_and_exits_0_in_phases()
 
     demo.wait_line(|l| l["phase"] == "stop_accepting").await;
     refused(demo.addr).await;
+    // The idle keep-alive connection is closed by the server (EOF), not left open.
+    let mut buf = [0u8; 64];
+    let eof = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf))
+        .await
+        .expect("the idle connection was closed");
+    assert_eq!(eof.unwrap(), 0);
 
     let (status, body, connection) = slow.await.unwrap();
     assert_eq!(
