@@ -9,19 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use support::{Receiver, demo_binary};
-
-async fn get(url: String) -> (u16, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let res = client.get(url.parse().unwrap()).await.unwrap();
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
+use support::{Receiver, demo_binary, get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {

@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use support::{Receiver, demo_binary};
+use support::{Receiver, demo_binary, get, get_with_connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -102,27 +102,6 @@ impl Demo {
     }
 }
 
-async fn get(url: String) -> (u16, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let res = client.get(url.parse().unwrap()).await.unwrap();
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// A GET that also returns the response's `Connection` header.
-async fn get_connection_header(url: String) -> (u16, String, Option<String>) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let res = client.get(url.parse().unwrap()).await.unwrap();
-    let status = res.status().as_u16();
-    let connection = res
-        .headers()
-        .get(http::header::CONNECTION)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), connection)
-}
-
 async fn post(url: String) -> u16 {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let req = http::Request::post(url).body(Empty::new()).unwrap();
@@ -168,7 +147,7 @@ async fn sigterm_fails_readiness_finishes_in_flight_work_and_exits_0_in_phases()
     // A worker busy with a queue of jobs, and a slow request in flight.
     assert_eq!(post(format!("{}/jobs/20", demo.base)).await, 200);
     demo.wait_line(|l| l["message"] == "job started").await;
-    let slow = tokio::spawn(get_connection_header(format!("{}/sleep/2500", demo.base)));
+    let slow = tokio::spawn(get_with_connection(format!("{}/sleep/2500", demo.base)));
     demo.wait_line(|l| l["message"] == "sleeping").await;
 
     // An idle keep-alive connection, open before the signal.
@@ -396,7 +375,7 @@ async fn the_helper_drives_hyper_utils_graceful_shutdown() {
         })
     };
 
-    let request = tokio::spawn(get_connection_header(format!("http://{addr}/")));
+    let request = tokio::spawn(get_with_connection(format!("http://{addr}/")));
     entered_rx.await.unwrap();
     shutdown.trigger();
     let (status, body, connection) = request.await.unwrap();

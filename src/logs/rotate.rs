@@ -213,6 +213,16 @@ mod tests {
         d
     }
 
+    /// The file names in `d`, sorted.
+    fn names(d: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn civil_dates_match_known_days() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
@@ -231,11 +241,7 @@ mod tests {
                 .unwrap();
         }
         f.flush().unwrap();
-        let mut names: Vec<String> = std::fs::read_dir(&d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
+        let names = names(&d);
         assert_eq!(names, ["app.log", "app.log.1", "app.log.2"]);
         for n in &names {
             let text = std::fs::read_to_string(d.join(n)).unwrap();
@@ -271,11 +277,7 @@ mod tests {
             .unwrap();
         }
         f.flush().unwrap();
-        let mut names: Vec<String> = std::fs::read_dir(&d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
+        let names = names(&d);
         assert_eq!(names, ["app.log", "app.log.2026-11-28", "app.log.2026-11-29"]);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "day 3\nday 3 again\n");
         assert_eq!(

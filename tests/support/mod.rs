@@ -377,3 +377,24 @@ pub fn demo_binary() -> std::path::PathBuf {
     }
     bin
 }
+
+/// `GET url` over a real connection: status, body, and the `Connection` header.
+pub async fn get_with_connection(url: String) -> (u16, String, Option<String>) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let res = client.get(url.parse().unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let connection = res
+        .headers()
+        .get(http::header::CONNECTION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), connection)
+}
+
+/// `GET url` over a real connection: status and body.
+pub async fn get(url: String) -> (u16, String) {
+    let (status, body, _) = get_with_connection(url).await;
+    (status, body)
+}
