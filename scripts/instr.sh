@@ -8,7 +8,11 @@
 # `noop_layer` (an Identity layer through `Router::layer`) is what axum itself costs
 # for any layer: the floor under the layer's figures.
 #
-# usage: scripts/instr.sh [config...]      (default: every configuration)
+# usage: scripts/instr.sh [config...]            (default: every configuration)
+#        scripts/instr.sh --peers [config...]    the configurations of benches/peers
+#        (tower-apm against the stacks users would build instead; baseline `bare`; each
+#        peer's added instructions are also given as a ratio to the tower-apm
+#        configuration doing the same work)
 #
 # Ir(N1)/Ir(N2) in the table are those of the first run; instr/req of sampled and
 # sampled_traceparent is the median of REPS runs (see below).
@@ -23,9 +27,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-5000}
 N2=${N2:-25000}
-OUT=${OUT:-target/instr}
-ALL=(bare noop_layer sampled not_sampled sampled_metrics not_sampled_metrics sampled_metrics_logs not_sampled_metrics_logs
-    bare_traceparent sampled_traceparent not_sampled_traceparent)
+PEERS=
+if [ "${1:-}" = --peers ]; then PEERS=1 && shift; fi
+if [ -n "$PEERS" ]; then
+    OUT=${OUT:-target/instr-peers}
+    ALL=(bare tower_apm tower_apm_traces_metrics stitched stitched_access_log otel_instrumentation_tower)
+else
+    OUT=${OUT:-target/instr}
+    ALL=(bare noop_layer sampled not_sampled sampled_metrics not_sampled_metrics sampled_metrics_logs
+        not_sampled_metrics_logs bare_traceparent sampled_traceparent not_sampled_traceparent)
+fi
 if [ $# -gt 0 ]; then CONFIGS=("$@"); else CONFIGS=("${ALL[@]}"); fi
 
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
@@ -37,10 +48,17 @@ src_state() {
         echo "+uncommitted:$(git diff HEAD -- src Cargo.toml | sha1sum | cut -c1-8)")"
 }
 STATE=$(src_state)
-echo "building benches/instr.rs (bench profile) at $STATE..." >&2
-BIN=$(cargo bench --bench instr --no-run --message-format=json |
-    grep '"reason":"compiler-artifact"' | grep '"name":"instr"' |
-    grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+if [ -n "$PEERS" ]; then
+    echo "building benches/peers peers-instr (bench profile) at $STATE..." >&2
+    BIN=$(cargo build --profile bench -p tower-apm-peers --bin peers-instr --message-format=json |
+        grep '"reason":"compiler-artifact"' | grep '"name":"peers-instr"' |
+        grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+else
+    echo "building benches/instr.rs (bench profile) at $STATE..." >&2
+    BIN=$(cargo bench --bench instr --no-run --message-format=json |
+        grep '"reason":"compiler-artifact"' | grep '"name":"instr"' |
+        grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+fi
 [ -x "$BIN" ] || { echo "could not find the instr executable" >&2; exit 1; }
 echo "binary: $BIN" >&2
 RACE=$([ "$(src_state)" = "$STATE" ] || echo "$STATE -> $(src_state)")
@@ -75,7 +93,8 @@ declare -A IR1 IR2 PER RANGE
 for config in "${CONFIGS[@]}"; do
     case "$config" in
         sampled | sampled_traceparent | sampled_metrics | sampled_metrics_logs) reps=$REPS ;;
-        *) reps=1 ;;
+        bare | noop_layer | not_sampled* | bare_traceparent) reps=1 ;;
+        *) reps=$REPS ;; # the peers' configurations all export
     esac
     pers=()
     for ((r = 1; r <= reps; r++)); do
@@ -99,7 +118,7 @@ baseline() {
 }
 
 {
-    echo "tower-apm instructions per request (callgrind, N1=$N1, N2=$N2, host header: ${BENCH_HOST:-none}; built at $STATE)"
+    echo "tower-apm${PEERS:+ and peers} instructions per request (callgrind, N1=$N1, N2=$N2, host header: ${BENCH_HOST:-none}; built at $STATE)"
     [ -z "$RACE" ] || echo "WARNING: src/ changed while the binary was being built ($RACE); run again"
     printf '%-26s %15s %15s %12s %18s %12s %7s  %s\n' config "Ir(N1)" "Ir(N2)" instr/req baseline added ratio \
         "instr/req range"
@@ -133,6 +152,15 @@ baseline() {
         if [ -n "${PER[$1]:-}" ] && [ -n "${PER[$2]:-}" ]; then
             awk -v m="${PER[$1]}" -v t="${PER[$2]}" -v a="$1" -v b="$2" \
                 'BEGIN { printf "%s over %s: %+.1f\n", a, b, m - t }'
+        fi
+    done
+    # Each peer's added instructions over those of the tower-apm configuration doing
+    # the same work (see benches/peers/src/lib.rs).
+    for pair in "stitched tower_apm" "stitched_access_log tower_apm" "otel_instrumentation_tower tower_apm_traces_metrics"; do
+        set -- $pair
+        if [ -n "${PER[$1]:-}" ] && [ -n "${PER[$2]:-}" ] && [ -n "${PER[bare]:-}" ]; then
+            awk -v p="${PER[$1]}" -v o="${PER[$2]}" -v b="${PER[bare]}" -v a="$1" -v c="$2" \
+                'BEGIN { printf "%s adds %.2fx the instructions %s adds (%+.1f vs %+.1f)\n", a, (p - b) / (o - b), c, p - b, o - b }'
         fi
     done
 } | tee "$OUT/summary.txt"

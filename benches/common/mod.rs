@@ -176,14 +176,16 @@ pub struct Setup {
     pub apm: Option<Apm>,
     host: Option<HeaderValue>,
     traceparent: Option<HeaderValue>,
+    access_log: Option<std::path::PathBuf>,
 }
 
 impl Setup {
     pub fn new(config: Config) -> Setup {
         let router = Router::new().route("/users/{id}", get(|| async { "hello, user" }));
+        let access_log = (config.sampler().is_some() && config.logs())
+            .then(|| std::env::temp_dir().join(format!("tower-apm-bench-{}.log", std::process::id())));
         let apm = config.sampler().map(|sampler| {
-            let builder = if config.logs() {
-                let path = std::env::temp_dir().join(format!("tower-apm-bench-{}.log", std::process::id()));
+            let builder = if let Some(path) = &access_log {
                 Apm::builder().logs(tower_apm::LogOutput::file(path).queue_capacity(65536))
             } else {
                 Apm::builder()
@@ -221,7 +223,14 @@ impl Setup {
                 .ok()
                 .map(|h| HeaderValue::try_from(h).expect("BENCH_HOST is a valid header value")),
             traceparent: config.traceparent().map(HeaderValue::from_static),
+            access_log,
         }
+    }
+
+    /// The file the access log goes to, for the configurations that write one.
+    #[allow(dead_code, reason = "used by benches/peers, not by layer.rs and instr.rs")]
+    pub fn access_log_path(&self) -> Option<&std::path::Path> {
+        self.access_log.as_deref()
     }
 
     /// `GET /users/42`, with the configuration's `traceparent`, and with
