@@ -66,7 +66,8 @@ for collector in down up; do
     } | tee -a "$OUT/summary.txt"
     if [ "$collector" = up ]; then
         APP_PID=$SINK_PID APP_TMP=$SINK_TMP APP_PREFIX=$SINK_PREFIX
-        stop_app 2>&1 | sed 's/^/  sink /' | tee -a "$OUT/summary.txt"
+        stop_app 2>"$OUT/sink.stats"
+        sed 's/^/  sink /' "$OUT/sink.stats" | tee -a "$OUT/summary.txt"
     fi
 done
 exit $status
