@@ -192,7 +192,7 @@ impl AccessLog {
         match r.client {
             Some(c) => {
                 line.piece(b"\"");
-                let _ = std::io::Write::write_fmt(line.bytes(), format_args!("{}", c.ip()));
+                json::push_ip(line.bytes(), c.ip());
                 line.piece(b"\"");
             }
             None => line.piece(b"null"),

@@ -63,6 +63,9 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Writes of at least this many bytes skip the `BufWriter` (one copy less).
+const DIRECT_WRITE: usize = 16 * 1024;
+
 /// The open log file and its rotation state.
 #[derive(Debug)]
 pub(crate) struct RotatingFile {
@@ -90,11 +93,33 @@ impl RotatingFile {
         })
     }
 
-    /// Writes one whole line, rotating first when it is due. A line is never
-    /// split between two files.
-    pub(crate) fn write_line(&mut self, line: &[u8], now: SystemTime) -> io::Result<()> {
+    /// Writes whole lines, back to back in `bytes`, rotating before any line
+    /// that is due to start a new file: a line is never split between two files,
+    /// and one longer than the size limit gets a file to itself.
+    pub(crate) fn write_lines(&mut self, mut bytes: &[u8], now: SystemTime) -> io::Result<()> {
         match self.rotation {
-            Rotation::Size(max) if self.size > 0 && self.size + line.len() as u64 > max => self.rotate_numbered()?,
+            Rotation::Size(max) => {
+                while self.size + bytes.len() as u64 > max {
+                    let room = usize::try_from(max.saturating_sub(self.size)).unwrap_or(usize::MAX);
+                    // The whole lines that still fit in this file.
+                    let fit = bytes[..room.min(bytes.len())]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    if fit > 0 {
+                        self.put(&bytes[..fit])?;
+                        bytes = &bytes[fit..];
+                    } else if self.size == 0 {
+                        let line = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+                        self.put(&bytes[..line])?;
+                        bytes = &bytes[line..];
+                    }
+                    if bytes.is_empty() {
+                        return Ok(());
+                    }
+                    self.rotate_numbered()?;
+                }
+            }
             Rotation::Hourly | Rotation::Daily => {
                 let period = self.rotation.period(now);
                 if period != self.period {
@@ -104,10 +129,20 @@ impl RotatingFile {
                     self.period = period;
                 }
             }
-            _ => {}
+            Rotation::Never => {}
         }
-        self.file.write_all(line)?;
-        self.size += line.len() as u64;
+        self.put(bytes)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() >= DIRECT_WRITE {
+            // A batch of lines goes to the file as it is, not through the buffer.
+            self.file.flush()?;
+            self.file.get_mut().write_all(bytes)?;
+        } else {
+            self.file.write_all(bytes)?;
+        }
+        self.size += bytes.len() as u64;
         Ok(())
     }
 
@@ -237,7 +272,7 @@ mod tests {
         let now = SystemTime::now();
         let mut f = RotatingFile::open(&path, Rotation::Size(100), 2, now).unwrap();
         for i in 0..20 {
-            f.write_line(format!("line {i:02} .........................\n").as_bytes(), now)
+            f.write_lines(format!("line {i:02} .........................\n").as_bytes(), now)
                 .unwrap();
         }
         f.flush().unwrap();
@@ -263,14 +298,51 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_lines_rotates_at_the_same_line_boundaries_as_single_lines() {
+        let now = SystemTime::now();
+        // Lines of 12, 33 and 150 bytes (longer than the limit: a file of its own).
+        let lines: Vec<String> = (0..30)
+            .map(|i| match i % 7 {
+                3 => format!("long {i:02} {}\n", "x".repeat(141)),
+                5 => format!("s {i:02} ......\n"),
+                _ => format!("line {i:02} .........................\n"),
+            })
+            .collect();
+        let contents = |name: &str, batched: bool| {
+            let d = dir(name);
+            let path = d.join("app.log");
+            let mut f = RotatingFile::open(&path, Rotation::Size(100), 40, now).unwrap();
+            if batched {
+                f.write_lines(lines.concat().as_bytes(), now).unwrap();
+            } else {
+                for l in &lines {
+                    f.write_lines(l.as_bytes(), now).unwrap();
+                }
+            }
+            f.flush().unwrap();
+            names(&d)
+                .into_iter()
+                .map(|n| std::fs::read_to_string(d.join(&n)).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let one_by_one = contents("lines", false);
+        assert_eq!(contents("batch", true), one_by_one);
+        assert!(one_by_one.len() > 5, "{one_by_one:?}");
+        for text in &one_by_one {
+            assert!(text.ends_with('\n'));
+            assert!(text.len() <= 100 || text.lines().count() == 1, "{text:?}");
+        }
+    }
+
+    #[test]
     fn daily_rotation_renames_at_midnight_utc_and_prunes_old_days() {
         let d = dir("daily");
         let path = d.join("app.log");
         let day = |n: u64| UNIX_EPOCH + Duration::from_secs(20_784 * 86_400 + n * 86_400 + 5);
         let mut f = RotatingFile::open(&path, Rotation::Daily, 2, day(0)).unwrap();
         for n in 0..4 {
-            f.write_line(format!("day {n}\n").as_bytes(), day(n)).unwrap();
-            f.write_line(
+            f.write_lines(format!("day {n}\n").as_bytes(), day(n)).unwrap();
+            f.write_lines(
                 format!("day {n} again\n").as_bytes(),
                 day(n) + Duration::from_secs(3600),
             )

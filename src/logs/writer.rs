@@ -31,11 +31,12 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    fn write_line(&mut self, line: &[u8], now: SystemTime) -> io::Result<()> {
+    /// Writes whole lines, back to back in `bytes`.
+    fn write_lines(&mut self, bytes: &[u8], now: SystemTime) -> io::Result<()> {
         match self {
-            Sink::Stdout => io::stdout().lock().write_all(line),
-            Sink::File(f) => f.write_line(line, now),
-            Sink::Writer(w) => w.write_all(line),
+            Sink::Stdout => io::stdout().lock().write_all(bytes),
+            Sink::File(f) => f.write_lines(bytes, now),
+            Sink::Writer(w) => w.write_all(bytes),
         }
     }
 
@@ -46,11 +47,6 @@ impl Sink {
             Sink::Writer(w) => w.flush(),
         }
     }
-}
-
-enum Msg {
-    Line(Vec<u8>),
-    Flush(mpsc::Sender<()>),
 }
 
 /// Counters of the log writer.
@@ -69,15 +65,23 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// producer does not pay a wake-up (a futex call) per line.
 const WAKE_AT: usize = 256;
 const IDLE_WAKE: Duration = Duration::from_millis(100);
-/// Emptied line buffers kept for reuse.
-const MAX_SPARE: usize = 1024;
+/// A line buffer kept per thread beyond this capacity is given up.
+const MAX_KEPT_LINE: usize = 16 * 1024;
 
+thread_local! {
+    /// The buffer this thread formats its lines in: it stays in this core's
+    /// cache, and is copied once into the queue.
+    static LINE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Queued lines, back to back in one buffer: a producer appends its line with
+/// one copy under the lock, the writer takes the whole buffer (handing back the
+/// one it emptied, so neither is reallocated) and writes it in one piece.
 struct Queue {
-    msgs: Vec<Msg>,
-    /// Line buffers the writer has emptied, handed back to producers: a buffer
-    /// allocated on a request thread and freed on the writer's costs more than
-    /// the lock that recycles it.
-    spare: Vec<Vec<u8>>,
+    bytes: Vec<u8>,
+    lines: usize,
+    /// Callers of [`LogWriter::flush`] waiting for the lines queued before them.
+    flushes: Vec<mpsc::Sender<()>>,
     closed: bool,
 }
 
@@ -120,8 +124,9 @@ impl LogWriter {
     pub(crate) fn start(sink: Sink, capacity: usize) -> io::Result<LogWriter> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                msgs: Vec::new(),
-                spare: Vec::new(),
+                bytes: Vec::new(),
+                lines: 0,
+                flushes: Vec::new(),
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -135,28 +140,37 @@ impl LogWriter {
         Ok(LogWriter { shared, counters })
     }
 
-    /// An empty buffer to build a line in (a reused one when available).
+    /// An empty buffer to build a line in: this thread's, kept between lines.
     pub(crate) fn buffer(&self) -> Vec<u8> {
-        self.shared
-            .lock()
-            .spare
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(512))
+        let mut line = LINE.take();
+        if line.capacity() == 0 {
+            line.reserve(512);
+        }
+        line
     }
 
-    /// Queues one line (ending in `\n`); drops and counts it when the queue is full.
-    pub(crate) fn write(&self, line: Vec<u8>) {
+    /// Queues one line (ending in `\n`) built in [`LogWriter::buffer`]; drops and
+    /// counts it when the queue is full.
+    pub(crate) fn write(&self, mut line: Vec<u8>) {
         let mut q = self.shared.lock();
-        if q.msgs.len() >= self.shared.capacity {
-            drop(q);
-            self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        q.msgs.push(Msg::Line(line));
-        let wake = q.msgs.len() == WAKE_AT.min(self.shared.capacity);
+        let queued = if q.lines >= self.shared.capacity {
+            false
+        } else {
+            q.bytes.extend_from_slice(&line);
+            q.lines += 1;
+            true
+        };
+        let wake = queued && q.lines == WAKE_AT.min(self.shared.capacity);
         drop(q);
+        if !queued {
+            self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+        }
         if wake {
             self.shared.wake.notify_one();
+        }
+        if line.capacity() <= MAX_KEPT_LINE {
+            line.clear();
+            LINE.set(line);
         }
     }
 
@@ -164,8 +178,7 @@ impl LogWriter {
     /// most `deadline`. Returns whether it finished in time.
     pub(crate) fn flush(&self, deadline: Duration) -> bool {
         let (done_tx, done_rx) = mpsc::channel();
-        // Past the capacity: a flush is never refused.
-        self.shared.lock().msgs.push(Msg::Flush(done_tx));
+        self.shared.lock().flushes.push(done_tx);
         self.shared.wake.notify_one();
         done_rx.recv_timeout(deadline).is_ok()
     }
@@ -178,41 +191,32 @@ fn run(mut sink: Sink, shared: &Shared, counters: &LogCounters) {
         reported_drops: 0,
         last_report: None,
     };
-    let mut batch: Vec<Msg> = Vec::new();
-    let mut emptied: Vec<Vec<u8>> = Vec::new();
+    let mut batch: Vec<u8> = Vec::new();
+    let mut flushes: Vec<mpsc::Sender<()>> = Vec::new();
     loop {
-        let closed = {
+        let (lines, closed) = {
             let mut q = shared.lock();
-            if q.msgs.is_empty() && !q.closed {
+            if q.lines == 0 && q.flushes.is_empty() && !q.closed {
                 q = shared
                     .wake
                     .wait_timeout(q, IDLE_WAKE)
                     .map(|(q, _)| q)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
-            std::mem::swap(&mut q.msgs, &mut batch);
-            let room = MAX_SPARE.saturating_sub(q.spare.len());
-            q.spare.extend(emptied.drain(..).take(room));
-            q.closed
+            batch.clear();
+            std::mem::swap(&mut q.bytes, &mut batch);
+            std::mem::swap(&mut q.flushes, &mut flushes);
+            (std::mem::take(&mut q.lines), q.closed)
         };
-        emptied.clear();
-        for m in batch.drain(..) {
-            match m {
-                Msg::Line(mut line) => {
-                    state.write_one(&mut sink, &line, counters);
-                    line.clear();
-                    emptied.push(line);
-                }
-                Msg::Flush(done) => {
-                    state.report_drops(&mut sink, counters);
-                    state.flush(&mut sink, counters);
-                    let _ = done.send(());
-                }
-            }
+        if lines > 0 {
+            state.write(&mut sink, &batch, lines as u64, counters);
         }
         state.report_drops(&mut sink, counters);
         state.flush(&mut sink, counters);
-        if closed && shared.lock().msgs.is_empty() {
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+        if closed && shared.lock().lines == 0 {
             return;
         }
     }
@@ -244,16 +248,17 @@ impl WriterState {
         );
         line.u64_field("dropped_total", dropped);
         line.u64_field("dropped_since_last_report", dropped - self.reported_drops);
-        self.write_one(sink, &line.finish(), counters);
+        self.write(sink, &line.finish(), 1, counters);
         self.reported_drops = dropped;
         self.last_report = Some(Instant::now());
     }
 
-    fn write_one(&mut self, sink: &mut Sink, line: &[u8], counters: &LogCounters) {
-        match sink.write_line(line, SystemTime::now()) {
-            Ok(()) => self.unflushed += 1,
+    /// Writes `lines` whole lines, back to back in `bytes`.
+    fn write(&mut self, sink: &mut Sink, bytes: &[u8], lines: u64, counters: &LogCounters) {
+        match sink.write_lines(bytes, SystemTime::now()) {
+            Ok(()) => self.unflushed += lines,
             Err(e) => {
-                counters.dropped_failed.fetch_add(1, Ordering::Relaxed);
+                counters.dropped_failed.fetch_add(lines, Ordering::Relaxed);
                 self.failed(&e);
             }
         }

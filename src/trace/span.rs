@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -105,6 +106,8 @@ impl Clock {
 /// How many distinct `Host` values keep their parsed, shared form. A service sees
 /// few; the cap bounds what a client sending random hosts can make it hold.
 const MAX_CACHED_AUTHORITIES: usize = 64;
+/// Distinct client addresses whose `client.address` string is kept.
+const MAX_CACHED_CLIENTS: usize = 4096;
 
 /// `server.address` (shared) and `server.port` of one authority.
 type ServerAddress = (Arc<str>, Option<u16>);
@@ -117,6 +120,9 @@ pub(crate) struct SpanBuilder {
     /// parsed once per distinct value, no allocation per span.
     /// Keyed by the bytes as received, so a cached value needs no UTF-8 check.
     authorities: HashMap<Box<[u8]>, ServerAddress, Fnv>,
+    /// `client.address` strings: formatted and allocated once per address seen
+    /// recently, shared by every span after that (emptied when full).
+    clients: HashMap<IpAddr, Arc<str>, Fnv>,
 }
 
 impl Default for SpanBuilder {
@@ -127,6 +133,7 @@ impl Default for SpanBuilder {
                 .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
                 .build(),
             authorities: HashMap::with_hasher(Fnv),
+            clients: HashMap::with_hasher(Fnv),
         }
     }
 }
@@ -229,6 +236,21 @@ impl SpanBuilder {
         Some((Value::String(StringValue::from(host)), port))
     }
 
+    /// `client.address` for `ip`.
+    fn client_address(&mut self, ip: IpAddr) -> Value {
+        if let Some(s) = self.clients.get(&ip) {
+            return Value::String(StringValue::from(Arc::clone(s)));
+        }
+        if self.clients.len() >= MAX_CACHED_CLIENTS {
+            self.clients.clear();
+        }
+        let mut text = Vec::with_capacity(15);
+        crate::logs::json::push_ip(&mut text, ip);
+        let s: Arc<str> = Arc::from(String::from_utf8(text).unwrap_or_default());
+        self.clients.insert(ip, Arc::clone(&s));
+        Value::String(StringValue::from(s))
+    }
+
     /// The SERVER span for one request. Takes what it keeps out of `r`, so the
     /// record's box can be reused.
     pub(crate) fn server_span(&mut self, r: &mut RequestRecord, clock: &Clock) -> SpanData {
@@ -261,7 +283,7 @@ impl SpanBuilder {
             }
         }
         if let Some(client) = r.client {
-            attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, client.ip().to_string()));
+            attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, self.client_address(client.ip())));
             attrs.push(KeyValue::new(semconv::CLIENT_PORT, i64::from(client.port())));
         }
         if let Some(ua) = r.user_agent.as_ref().map(|ua| ua.as_str()).filter(|ua| !ua.is_empty()) {
