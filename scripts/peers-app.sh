@@ -1,5 +1,6 @@
 # Sourced by scripts/load.sh and scripts/memory.sh: start and stop peers-app.
-# Needs BIN (the peers-app executable).
+# Needs BIN (the peers-app executable); RUNNER (an array, default empty) is put
+# before it, for example valgrind.
 
 # start_app PREFIX ARGS...: starts `$BIN ARGS...` with its stdout in PREFIX.out,
 # stderr in PREFIX.err and a fresh TMPDIR (access logs go there); waits for its
@@ -8,7 +9,7 @@ start_app() {
     local prefix=$1
     shift
     APP_TMP=$(mktemp -d)
-    TMPDIR=$APP_TMP "$BIN" "$@" >"$prefix.out" 2>"$prefix.err" &
+    TMPDIR=$APP_TMP ${RUNNER[@]+"${RUNNER[@]}"} "$BIN" "$@" >"$prefix.out" 2>"$prefix.err" &
     APP_PID=$!
     APP_URL=
     for _ in $(seq 200); do

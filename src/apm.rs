@@ -550,12 +550,8 @@ impl ApmBuilder {
             .unwrap_or_default()
             .into();
         let redactor = Arc::new(Redactor::new(&self.redact_fields));
-        let access = (self.access_log.unwrap_or(self.logs.is_some()) && !config.disabled).then(|| {
-            Arc::new(AccessLog {
-                writer: Arc::clone(&logs),
-                service: Arc::clone(&service),
-            })
-        });
+        let access = (self.access_log.unwrap_or(self.logs.is_some()) && !config.disabled)
+            .then(|| Arc::new(AccessLog::new(Arc::clone(&logs), &service)));
         let spec = match (self.exporter, config.otlp.clone()) {
             _ if config.disabled => None,
             (Some(custom), _) => Some(ExporterSpec::Custom(custom)),

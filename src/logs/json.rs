@@ -51,17 +51,28 @@ pub(crate) fn write_timestamp(t: SystemTime, out: &mut Vec<u8>) {
     out.extend_from_slice(&frac);
 }
 
-/// Appends `v` in decimal.
+/// Appends `v` in decimal, two digits at a time.
 pub(crate) fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut b = [0u8; 20];
     let mut i = b.len();
-    loop {
+    while v >= 100 {
+        let pair = usize::try_from(v % 100).unwrap_or(0) * 2;
+        v /= 100;
+        i -= 2;
+        b[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if v >= 10 {
+        let pair = usize::try_from(v).unwrap_or(0) * 2;
+        i -= 2;
+        b[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        b[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        b[i] = b'0' + v as u8;
     }
     out.extend_from_slice(&b[i..]);
 }
@@ -373,6 +384,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_as_display_writes_them() {
+        for v in [
+            0,
+            7,
+            9,
+            10,
+            42,
+            99,
+            100,
+            101,
+            200,
+            999,
+            1000,
+            65_535,
+            1_000_000_007,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_u64(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
+    }
 
     #[test]
     fn ip_addresses_are_written_as_display_writes_them() {

@@ -151,11 +151,22 @@ impl LogOutput {
 /// `error_type` when there was one.
 #[derive(Debug)]
 pub(crate) struct AccessLog {
-    pub(crate) writer: Arc<LogWriter>,
-    pub(crate) service: Arc<str>,
+    writer: Arc<LogWriter>,
+    /// `,"service":"<name>"}` and the newline, escaped once.
+    tail: Box<[u8]>,
 }
 
 impl AccessLog {
+    pub(crate) fn new(writer: Arc<LogWriter>, service: &str) -> Self {
+        let mut tail = b",\"service\":\"".to_vec();
+        json::escape_into(service.as_bytes(), &mut tail);
+        tail.extend_from_slice(b"\"");
+        AccessLog {
+            writer,
+            tail: tail.into(),
+        }
+    }
+
     /// Formats `r` as one line and queues it. The constant parts of the line
     /// are written as whole pieces (key, quotes and separators at once).
     pub(crate) fn write(&self, r: &RequestRecord) {
@@ -167,16 +178,26 @@ impl AccessLog {
         } else {
             b"\",\"level\":\"INFO\",\"target\":\"tower_apm::access\",\"message\":\"request\",\"method\":"
         });
-        line.str_value(r.method.as_str());
+        // A method is an HTTP token: no character of it needs escaping.
+        line.piece(b"\"");
+        line.bytes().extend_from_slice(r.method.as_str().as_bytes());
+        line.piece(b"\"");
         line.piece(b",\"route\":");
         match &r.route {
             Some(route) => line.str_value(route.as_str()),
             None => line.piece(b"null"),
         }
-        let (path, query) = r.path_and_query();
-        line.piece(b",\"path\":");
-        line.str_value(path);
-        if let Some(q) = query {
+        // The request target is ASCII (the `http` crate checked it): escaped as
+        // bytes, without a UTF-8 check.
+        let target = r.target.as_bytes();
+        let (path, query) = match target.iter().position(|&b| b == b'?') {
+            Some(i) => (&target[..i], Some(&target[i + 1..])),
+            None => (target, None),
+        };
+        line.piece(b",\"path\":\"");
+        json::escape_into(path, line.bytes());
+        line.piece(b"\"");
+        if let Some(q) = query.and_then(|q| std::str::from_utf8(q).ok()) {
             line.piece(b",\"query\":");
             line.str_value(&redact_query(q));
         }
@@ -202,8 +223,10 @@ impl AccessLog {
             Some(ua) => line.str_value(ua.as_str()),
             None => line.piece(b"null"),
         }
-        line.piece(b",\"request_id\":");
-        line.str_value(r.request_id.as_str());
+        // Visible ASCII (checked when taken from the request, or generated hex).
+        line.piece(b",\"request_id\":\"");
+        json::escape_into(r.request_id.as_bytes(), line.bytes());
+        line.piece(b"\"");
         if r.span.is_valid() {
             line.piece(b",\"trace_id\":\"");
             json::push_hex(line.bytes(), &r.span.trace_id().to_bytes());
@@ -215,8 +238,7 @@ impl AccessLog {
             line.piece(b",\"error_type\":");
             line.str_value(e);
         }
-        line.piece(b",\"service\":");
-        line.str_value(&self.service);
+        line.bytes().extend_from_slice(&self.tail);
         self.writer.write(line.finish());
     }
 }
