@@ -7,6 +7,8 @@ use opentelemetry::InstrumentationScope;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{RandomIdGenerator, SdkTracer, SdkTracerProvider, SpanExporter};
 
+use crate::alerts::engine::Alerts;
+use crate::alerts::{self, Alert};
 use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
 use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
 use crate::layer::{ApmLayer, Shared};
@@ -49,6 +51,7 @@ struct Inner {
     logs: Arc<LogWriter>,
     service: Arc<str>,
     redactor: Arc<Redactor>,
+    alerts: Option<Arc<Alerts>>,
     #[cfg(feature = "otlp-logs")]
     otlp_logs: Option<(
         opentelemetry_sdk::logs::SdkLoggerProvider,
@@ -66,6 +69,8 @@ pub struct ApmBuilder {
     logs: Option<LogOutput>,
     access_log: Option<bool>,
     redact_fields: Vec<String>,
+    alerts: Vec<Alert>,
+    alert_interval: Option<Duration>,
 }
 
 impl Apm {
@@ -271,6 +276,65 @@ impl Apm {
             .unwrap_or(false)
     }
 
+    /// `GET /alerts`: every alert rule's state as JSON: name, state
+    /// (`inactive`, `pending`, `firing`), the value at the last evaluation, the
+    /// threshold, the window and the requests in it, when it became active, fired
+    /// and resolved, labels and annotations. An operator endpoint, like
+    /// [`Apm::metrics_router`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tower_apm::ConfigError> {
+    /// use std::time::Duration;
+    /// use tower_apm::{Alert, Apm};
+    ///
+    /// let apm = Apm::builder()
+    ///     .alert(Alert::error_rate().above(0.05).over(Duration::from_secs(300)))
+    ///     .build()?;
+    /// let app: axum::Router = axum::Router::new().merge(apm.alerts_router());
+    /// # Ok(()) }
+    /// ```
+    pub fn alerts_router(&self) -> axum::Router {
+        let alerts = self.inner.alerts.clone();
+        axum::Router::new().route(
+            "/alerts",
+            axum::routing::get(move || {
+                let body = alerts.as_ref().map_or_else(
+                    || r#"{"evaluations":0,"last_evaluation":null,"alerts":[]}"#.to_owned(),
+                    |a| a.status_json(),
+                );
+                async move { ([(http::header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
+    }
+
+    /// The configured alert rules as a Prometheus rules file (YAML, one group
+    /// named after the service), over the metric families of
+    /// [`Apm::metrics_router`] summed across every scraped instance: load it in
+    /// Prometheus (`rule_files:`) to run the same alerts for a fleet. Check it with
+    /// `promtool check rules`.
+    pub fn prometheus_rules(&self) -> String {
+        let rules: Vec<_> = self.inner.alerts.as_ref().map_or_else(Vec::new, |a| {
+            let engine = a.engine.lock().unwrap_or_else(|e| e.into_inner());
+            engine.rules.iter().map(|r| (r.alert.clone(), r.comparison)).collect()
+        });
+        alerts::rules::rules_file(&self.inner.service, &rules)
+    }
+
+    /// Evaluates every alert rule now, as the background thread does every
+    /// [`ApmBuilder::alert_interval`]; changes of state are logged at once.
+    pub fn evaluate_alerts(&self) {
+        if let Some(a) = &self.inner.alerts {
+            a.evaluate_now();
+        }
+    }
+
+    /// The state of the alert named `name`, if there is one.
+    pub fn alert_state(&self, name: &str) -> Option<alerts::AlertState> {
+        let a = self.inner.alerts.as_ref()?;
+        let engine = a.engine.lock().unwrap_or_else(|e| e.into_inner());
+        engine.rules.iter().find(|r| r.alert.name == name).map(|r| r.state)
+    }
+
     /// The export pipeline's counters: spans exported, spans dropped (queue full or
     /// failed export), failed exports.
     pub fn stats(&self) -> TelemetryStats {
@@ -348,6 +412,9 @@ impl Apm {
     /// # Errors
     /// The final export failed, or `deadline` passed.
     pub async fn shutdown_within(&self, deadline: Duration) -> Result<(), ExportError> {
+        if let Some(a) = &self.inner.alerts {
+            a.stop();
+        }
         let spans = async {
             match &self.inner.pipeline {
                 Some(p) => p.shutdown(deadline).await,
@@ -534,6 +601,21 @@ impl ApmBuilder {
         self
     }
 
+    /// Adds an alert rule, evaluated in this process every
+    /// [`ApmBuilder::alert_interval`] over the request metrics (which must stay
+    /// on). See [`Alert`].
+    pub fn alert(mut self, alert: Alert) -> Self {
+        self.alerts.push(alert);
+        self
+    }
+
+    /// How often the alert rules are evaluated (default 15 s, as Prometheus'
+    /// usual `evaluation_interval`).
+    pub fn alert_interval(mut self, interval: Duration) -> Self {
+        self.alert_interval = Some(interval);
+        self
+    }
+
     /// Validates the configuration and starts the export thread.
     ///
     /// # Errors
@@ -590,6 +672,30 @@ impl ApmBuilder {
             }
             _ => None,
         };
+        let interval = self.alert_interval.unwrap_or(alerts::DEFAULT_INTERVAL);
+        if interval.is_zero() {
+            return Err(ConfigError::setting("alert_interval", "0s", "a duration above zero"));
+        }
+        let rules = self
+            .alerts
+            .iter()
+            .map(|a| a.validate(interval).map(|c| (a.clone(), c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let alerts = match (&metrics, rules.is_empty()) {
+            (_, true) => None,
+            (None, false) if config.disabled => None,
+            (None, false) => {
+                return Err(ConfigError::Alert {
+                    alert: rules[0].0.name.clone(),
+                    problem: "alerts read the request metrics, which are off: remove .metrics(false)".into(),
+                });
+            }
+            (Some(m), false) => {
+                let a = Alerts::new(rules, Arc::clone(m), Arc::clone(&logs), Arc::clone(&service));
+                alerts::engine::spawn(&a, interval).map_err(|e| ConfigError::Worker(e.to_string()))?;
+                Some(a)
+            }
+        };
         let pusher = match &metrics {
             Some(m) if config.metrics.push => {
                 Some(Pusher::start(Arc::clone(m), config.resource.clone(), &config.metrics)?)
@@ -616,6 +722,7 @@ impl ApmBuilder {
                 logs,
                 service,
                 redactor,
+                alerts,
                 #[cfg(feature = "otlp-logs")]
                 otlp_logs,
             }),

@@ -232,6 +232,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+mod alerts;
 mod apm;
 mod config;
 mod export;
@@ -243,6 +244,7 @@ mod redact;
 mod shutdown;
 mod trace;
 
+pub use alerts::{Alert, AlertState, DEFAULT_MIN_REQUESTS, Threshold};
 pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};

@@ -33,6 +33,13 @@ pub enum ConfigError {
     Worker(String),
     /// A global `tracing` subscriber was already installed.
     Subscriber(String),
+    /// An alert rule cannot be evaluated as given.
+    Alert {
+        /// The alert's name.
+        alert: String,
+        /// What is wrong with it, and what to write instead.
+        problem: String,
+    },
     /// The log file cannot be opened for writing.
     LogFile {
         /// The file.
@@ -75,6 +82,7 @@ impl fmt::Display for ConfigError {
                 "invalid value {value:?} given to ApmBuilder::{setting}: expected {expected}"
             ),
             ConfigError::Exporter(msg) => write!(f, "cannot create the OTLP span exporter: {msg}"),
+            ConfigError::Alert { alert, problem } => write!(f, "alert {alert:?}: {problem}"),
             ConfigError::Worker(msg) => write!(f, "cannot start the telemetry export thread: {msg}"),
             ConfigError::Subscriber(msg) => write!(
                 f,

@@ -230,6 +230,12 @@ impl JsonLine {
         self.buf.push(b'"');
     }
 
+    /// A value written by `f` as it is (a number, `null`).
+    pub(crate) fn raw_field_unquoted(&mut self, key: &str, f: impl FnOnce(&mut Vec<u8>)) {
+        self.key(key);
+        f(&mut self.buf);
+    }
+
     pub(crate) fn u64_field(&mut self, key: &str, v: u64) {
         self.key(key);
         push_u64(&mut self.buf, v);

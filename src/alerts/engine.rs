@@ -1,0 +1,617 @@
+//! Rule evaluation: the state of every rule, advanced one evaluation at a time.
+//!
+//! [`Engine::evaluate`] takes the time (since the engine started, so tests drive
+//! it with any clock) and a snapshot of the request metrics; it returns the
+//! changes of state. The background thread ([`spawn`]) calls it every interval,
+//! off the request path, and writes each change to the log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::window::{BUCKETS, Ring, Totals};
+use super::{Alert, AlertState, Comparison, Measure};
+use crate::logs::json::{JsonLine, escape_into, write_timestamp};
+use crate::logs::writer::LogWriter;
+use crate::metrics::Metrics;
+
+/// One series of the request metrics, as the rules read it.
+#[derive(Debug, Clone)]
+pub(crate) struct SeriesView {
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) status: Option<u16>,
+    pub(crate) buckets: [u64; BUCKETS],
+}
+
+/// What one evaluation reads.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) series: Vec<SeriesView>,
+    pub(crate) in_flight: i64,
+}
+
+impl Snapshot {
+    /// The request metrics now.
+    pub(crate) fn of(metrics: &Metrics) -> Snapshot {
+        let series = metrics
+            .series()
+            .iter()
+            .filter(|s| !s.attrs.overflow)
+            .map(|s| {
+                let snap = s.duration.snapshot();
+                let mut buckets = [0; BUCKETS];
+                for (b, c) in buckets.iter_mut().zip(&snap.counts) {
+                    *b = *c;
+                }
+                SeriesView {
+                    route: s.attrs.route.clone(),
+                    status: s.attrs.status,
+                    buckets,
+                }
+            })
+            .collect();
+        Snapshot {
+            series,
+            in_flight: metrics.active().iter().map(|(_, _, n)| n).sum(),
+        }
+    }
+
+    /// The totals `alert` looks at.
+    fn totals(&self, alert: &Alert) -> Totals {
+        let mut t = Totals::default();
+        for s in &self.series {
+            if alert.route.as_deref().is_some_and(|r| s.route.as_deref() != Some(r)) {
+                continue;
+            }
+            let n: u64 = s.buckets.iter().sum();
+            t.requests += n;
+            if s.status.is_some_and(|st| alert.error_statuses.contains(&st)) {
+                t.errors += n;
+            }
+            for (sum, b) in t.buckets.iter_mut().zip(&s.buckets) {
+                *sum += b;
+            }
+        }
+        t
+    }
+}
+
+/// A change of an alert's state.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Transition {
+    pub(crate) rule: usize,
+    pub(crate) from: AlertState,
+    pub(crate) to: AlertState,
+    /// The value that caused it.
+    pub(crate) value: Option<f64>,
+}
+
+/// One rule and where it stands.
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub(crate) alert: Alert,
+    pub(crate) comparison: Comparison,
+    ring: Option<Ring>,
+    pub(crate) state: AlertState,
+    /// When the condition started to hold (engine time), while pending or firing.
+    active_since: Option<Duration>,
+    /// Wall-clock times, for the status page and notifications.
+    pub(crate) active_at: Option<SystemTime>,
+    pub(crate) fired_at: Option<SystemTime>,
+    pub(crate) resolved_at: Option<SystemTime>,
+    pub(crate) value: Option<f64>,
+    /// Requests in the last window.
+    pub(crate) requests: u64,
+}
+
+/// Every rule of one `Apm`.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) evaluations: u64,
+    pub(crate) last_evaluation: Option<SystemTime>,
+}
+
+impl Engine {
+    /// Rules already validated, starting from `start` (the metrics when the
+    /// engine starts).
+    pub(crate) fn new(alerts: Vec<(Alert, Comparison)>, start: &Snapshot) -> Engine {
+        let rules = alerts
+            .into_iter()
+            .map(|(alert, comparison)| Rule {
+                ring: alert
+                    .measure
+                    .windowed()
+                    .then(|| Ring::new(alert.window, start.totals(&alert))),
+                alert,
+                comparison,
+                state: AlertState::Inactive,
+                active_since: None,
+                active_at: None,
+                fired_at: None,
+                resolved_at: None,
+                value: None,
+                requests: 0,
+            })
+            .collect();
+        Engine {
+            rules,
+            evaluations: 0,
+            last_evaluation: None,
+        }
+    }
+
+    /// Evaluates every rule at `now` (time since the engine started; `wall` is
+    /// the same instant on the wall clock) and returns the changes of state.
+    pub(crate) fn evaluate(&mut self, now: Duration, wall: SystemTime, snapshot: &Snapshot) -> Vec<Transition> {
+        let mut changes = Vec::new();
+        for (i, rule) in self.rules.iter_mut().enumerate() {
+            let alert = &rule.alert;
+            let (value, enough) = match (alert.measure, rule.ring.as_mut()) {
+                (Measure::InFlight, _) => (Some(snapshot.in_flight as f64), true),
+                (measure, Some(ring)) => match ring.advance(now, snapshot.totals(alert)) {
+                    None => (None, false),
+                    Some((t, span)) => {
+                        rule.requests = t.requests;
+                        let value = match measure {
+                            Measure::ErrorRatio => (t.requests > 0).then(|| t.errors as f64 / t.requests as f64),
+                            Measure::Latency(q) => t.quantile(q),
+                            Measure::RequestRate => Some(t.requests as f64 / span.as_secs_f64()),
+                            Measure::InFlight => None,
+                        };
+                        (value, t.requests >= alert.min_requests)
+                    }
+                },
+                (_, None) => (None, false),
+            };
+            rule.value = value;
+            let holds = enough && value.is_some_and(|v| rule.comparison.holds(v));
+            let from = rule.state;
+            let to = match (from, holds) {
+                (_, false) => AlertState::Inactive,
+                (AlertState::Inactive, true) => {
+                    rule.active_since = Some(now);
+                    rule.active_at = Some(wall);
+                    if alert.pending.is_zero() {
+                        AlertState::Firing
+                    } else {
+                        AlertState::Pending
+                    }
+                }
+                (AlertState::Pending, true) => {
+                    let since = rule.active_since.unwrap_or(now);
+                    if now.saturating_sub(since) >= alert.pending {
+                        AlertState::Firing
+                    } else {
+                        AlertState::Pending
+                    }
+                }
+                (AlertState::Firing, true) => AlertState::Firing,
+            };
+            if to == AlertState::Firing && from != AlertState::Firing {
+                rule.fired_at = Some(wall);
+            }
+            if to == AlertState::Inactive {
+                rule.active_since = None;
+                if from == AlertState::Firing {
+                    rule.resolved_at = Some(wall);
+                }
+            }
+            rule.state = to;
+            if to != from {
+                changes.push(Transition {
+                    rule: i,
+                    from,
+                    to,
+                    value,
+                });
+            }
+        }
+        self.evaluations += 1;
+        self.last_evaluation = Some(wall);
+        changes
+    }
+
+    /// Every rule's state as JSON (the body of `GET /alerts`).
+    pub(crate) fn status_json(&self) -> String {
+        let mut out = Vec::with_capacity(256 * (self.rules.len() + 1));
+        out.extend_from_slice(b"{\"evaluations\":");
+        out.extend_from_slice(self.evaluations.to_string().as_bytes());
+        out.extend_from_slice(b",\"last_evaluation\":");
+        time_or_null(&mut out, self.last_evaluation);
+        out.extend_from_slice(b",\"alerts\":[");
+        for (i, r) in self.rules.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let a = &r.alert;
+            out.extend_from_slice(b"{\"name\":");
+            string(&mut out, &a.name);
+            out.extend_from_slice(b",\"state\":");
+            string(&mut out, r.state.as_str());
+            out.extend_from_slice(b",\"measure\":");
+            string(&mut out, measure_name(a.measure));
+            if let Measure::Latency(q) = a.measure {
+                out.extend_from_slice(format!(",\"quantile\":{}", number(q)).as_bytes());
+            }
+            out.extend_from_slice(b",\"route\":");
+            match &a.route {
+                Some(route) => string(&mut out, route),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(
+                format!(",\"{}\":{}", r.comparison.word(), number(r.comparison.threshold())).as_bytes(),
+            );
+            out.extend_from_slice(b",\"value\":");
+            match r.value {
+                Some(v) if v.is_finite() => out.extend_from_slice(number(v).as_bytes()),
+                _ => out.extend_from_slice(b"null"),
+            }
+            if a.measure.windowed() {
+                out.extend_from_slice(
+                    format!(
+                        ",\"window_seconds\":{},\"requests_in_window\":{},\"min_requests\":{}",
+                        number(a.window.as_secs_f64()),
+                        r.requests,
+                        a.min_requests
+                    )
+                    .as_bytes(),
+                );
+            }
+            out.extend_from_slice(format!(",\"pending_for_seconds\":{}", number(a.pending.as_secs_f64())).as_bytes());
+            for (key, t) in [
+                ("active_since", r.active_at.filter(|_| r.state != AlertState::Inactive)),
+                ("fired_at", r.fired_at),
+                ("resolved_at", r.resolved_at),
+            ] {
+                out.extend_from_slice(format!(",\"{key}\":").as_bytes());
+                time_or_null(&mut out, t);
+            }
+            out.extend_from_slice(b",\"labels\":");
+            pairs(&mut out, &a.labels);
+            out.extend_from_slice(b",\"annotations\":");
+            pairs(&mut out, &a.annotations);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn measure_name(m: Measure) -> &'static str {
+    match m {
+        Measure::ErrorRatio => "error_rate",
+        Measure::Latency(_) => "latency_seconds",
+        Measure::RequestRate => "requests_per_second",
+        Measure::InFlight => "in_flight",
+    }
+}
+
+/// A finite number as JSON writes it.
+fn number(v: f64) -> String {
+    if v.is_finite() { format!("{v}") } else { "null".into() }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape_into(s.as_bytes(), out);
+    out.push(b'"');
+}
+
+fn time_or_null(out: &mut Vec<u8>, t: Option<SystemTime>) {
+    match t {
+        Some(t) => {
+            out.push(b'"');
+            write_timestamp(t, out);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn pairs(out: &mut Vec<u8>, kv: &[(String, String)]) {
+    out.push(b'{');
+    for (i, (k, v)) in kv.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, k);
+        out.push(b':');
+        string(out, v);
+    }
+    out.push(b'}');
+}
+
+/// The engine shared between its thread and the `Apm` (status, tests).
+#[derive(Debug)]
+pub(crate) struct Alerts {
+    pub(crate) engine: Mutex<Engine>,
+    metrics: Arc<Metrics>,
+    log: Arc<LogWriter>,
+    service: Arc<str>,
+    started: Instant,
+    stop: Mutex<bool>,
+    wake: Condvar,
+    stopped: AtomicBool,
+}
+
+impl Alerts {
+    pub(crate) fn new(
+        alerts: Vec<(Alert, Comparison)>,
+        metrics: Arc<Metrics>,
+        log: Arc<LogWriter>,
+        service: Arc<str>,
+    ) -> Arc<Alerts> {
+        let engine = Engine::new(alerts, &Snapshot::of(&metrics));
+        Arc::new(Alerts {
+            engine: Mutex::new(engine),
+            metrics,
+            log,
+            service,
+            started: Instant::now(),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One evaluation now; each change of state is logged.
+    pub(crate) fn evaluate_now(&self) {
+        let snapshot = Snapshot::of(&self.metrics);
+        let now = self.started.elapsed();
+        let wall = SystemTime::now();
+        let mut engine = self.engine();
+        let changes = engine.evaluate(now, wall, &snapshot);
+        for change in &changes {
+            self.log_change(&engine.rules[change.rule], change, wall);
+        }
+    }
+
+    fn log_change(&self, rule: &Rule, change: &Transition, wall: SystemTime) {
+        let (level, message) = match change.to {
+            AlertState::Firing => ("WARN", "alert firing"),
+            AlertState::Pending => ("INFO", "alert pending"),
+            AlertState::Inactive if change.from == AlertState::Firing => ("INFO", "alert resolved"),
+            AlertState::Inactive => ("INFO", "alert no longer pending"),
+        };
+        let mut line = JsonLine::in_buffer(self.log.buffer());
+        line.raw_field("timestamp", |b| write_timestamp(wall, b));
+        line.str_field("level", level);
+        line.str_field("target", "tower_apm::alerts");
+        line.str_field("message", message);
+        line.str_field("alert", &rule.alert.name);
+        line.str_field("state", change.to.as_str());
+        line.str_field("from", change.from.as_str());
+        if let Some(v) = change.value.filter(|v| v.is_finite()) {
+            line.raw_field_unquoted("value", |b| b.extend_from_slice(number(v).as_bytes()));
+        }
+        line.raw_field_unquoted(rule.comparison.word(), |b| {
+            b.extend_from_slice(number(rule.comparison.threshold()).as_bytes());
+        });
+        if let Some(route) = &rule.alert.route {
+            line.str_field("route", route);
+        }
+        line.str_field("service", &self.service);
+        self.log.write(line.finish());
+    }
+
+    /// The status JSON.
+    pub(crate) fn status_json(&self) -> String {
+        self.engine().status_json()
+    }
+
+    /// Stops the evaluation thread (idempotent).
+    pub(crate) fn stop(&self) {
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stopped.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+    }
+}
+
+/// Starts the thread that evaluates every `interval` until [`Alerts::stop`], or
+/// until the last `Apm` handle is gone.
+pub(crate) fn spawn(alerts: &Arc<Alerts>, interval: Duration) -> std::io::Result<()> {
+    let weak: Weak<Alerts> = Arc::downgrade(alerts);
+    std::thread::Builder::new()
+        .name("tower-apm-alerts".into())
+        .spawn(move || {
+            let mut next = Instant::now() + interval;
+            loop {
+                let Some(alerts) = weak.upgrade() else { return };
+                {
+                    let mut stop = alerts.stop.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        if *stop {
+                            return;
+                        }
+                        let now = Instant::now();
+                        if now >= next {
+                            break;
+                        }
+                        stop = alerts
+                            .wake
+                            .wait_timeout(stop, next - now)
+                            .map(|(s, _)| s)
+                            .unwrap_or_else(|e| e.into_inner().0);
+                    }
+                }
+                alerts.evaluate_now();
+                next += interval;
+                drop(alerts);
+            }
+        })
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    /// A snapshot of one route with `ok` requests answered 200 and `failed`
+    /// answered 500, all in the bucket `bucket`.
+    fn snapshot(route: &str, ok: u64, failed: u64, bucket: usize) -> Snapshot {
+        let series = |status: u16, n: u64| {
+            let mut buckets = [0; BUCKETS];
+            buckets[bucket] = n;
+            SeriesView {
+                route: Some(Arc::from(route)),
+                status: Some(status),
+                buckets,
+            }
+        };
+        Snapshot {
+            series: vec![series(200, ok), series(500, failed)],
+            in_flight: 0,
+        }
+    }
+
+    fn engine(alert: Alert) -> Engine {
+        let comparison = alert.validate(Duration::from_secs(15)).unwrap();
+        Engine::new(vec![(alert, comparison)], &Snapshot::default())
+    }
+
+    fn states(changes: &[Transition]) -> Vec<(AlertState, AlertState)> {
+        changes.iter().map(|c| (c.from, c.to)).collect()
+    }
+
+    #[test]
+    fn error_rate_alert_goes_pending_then_firing_after_its_for_then_resolves() {
+        let mut e = engine(Alert::error_rate().above(0.05).over(5 * MIN).pending_for(2 * MIN));
+        let wall = SystemTime::UNIX_EPOCH;
+        let (mut ok, mut failed) = (0, 0);
+        let mut step = |e: &mut Engine, minute: u32, add_ok: u64, add_failed: u64| {
+            ok += add_ok;
+            failed += add_failed;
+            e.evaluate(minute * MIN, wall + minute * MIN, &snapshot("/", ok, failed, 0))
+        };
+        // Healthy for 5 minutes: 1% errors.
+        for m in 1..=5 {
+            assert!(step(&mut e, m, 99, 1).is_empty(), "minute {m}");
+        }
+        // From minute 6, 40% errors: the 5-minute window [1, 6] (minutes 2 to 6)
+        // holds 44 errors in 500 requests, 8.8%: over 5% at once.
+        let changes = step(&mut e, 6, 60, 40);
+        assert_eq!(states(&changes), [(AlertState::Inactive, AlertState::Pending)]);
+        assert!((e.rules[0].value.unwrap() - 0.088).abs() < 1e-9);
+        assert!(step(&mut e, 7, 60, 40).is_empty(), "pending for 1 of 2 minutes");
+        let changes = step(&mut e, 8, 60, 40);
+        assert_eq!(states(&changes), [(AlertState::Pending, AlertState::Firing)]);
+        assert_eq!(e.rules[0].fired_at, Some(wall + 8 * MIN));
+        // Errors stop at minute 9; at minute 12 the window still holds minute 8's
+        // 40 of 500 (8%), at minute 13 none.
+        let mut resolved_at = None;
+        for m in 9..=15 {
+            let changes = step(&mut e, m, 100, 0);
+            if states(&changes) == [(AlertState::Firing, AlertState::Inactive)] {
+                resolved_at = Some(m);
+                break;
+            }
+        }
+        assert_eq!(resolved_at, Some(13));
+        assert_eq!(e.rules[0].resolved_at, Some(wall + 13 * MIN));
+    }
+
+    #[test]
+    fn a_condition_that_stops_holding_while_pending_never_fires() {
+        let mut e = engine(Alert::error_rate().above(0.05).over(2 * MIN).pending_for(5 * MIN));
+        let wall = SystemTime::UNIX_EPOCH;
+        let c = e.evaluate(MIN, wall, &snapshot("/", 50, 50, 0));
+        assert_eq!(states(&c), [(AlertState::Inactive, AlertState::Pending)]);
+        // 50 of 1,050 since the start: 4.8%.
+        let c = e.evaluate(2 * MIN, wall, &snapshot("/", 1000, 50, 0));
+        assert_eq!(states(&c), [(AlertState::Pending, AlertState::Inactive)]);
+        assert_eq!(e.rules[0].fired_at, None);
+    }
+
+    #[test]
+    fn too_few_requests_never_page() {
+        let mut e = engine(Alert::error_rate().above(0.05).over(2 * MIN).min_requests(10));
+        let wall = SystemTime::UNIX_EPOCH;
+        // One failure out of two requests: 50%, but only 2 requests.
+        assert!(e.evaluate(MIN, wall, &snapshot("/", 1, 1, 0)).is_empty());
+        assert_eq!(e.rules[0].value, Some(0.5));
+        assert_eq!(e.rules[0].state, AlertState::Inactive);
+        // Twelve requests since the start, two failing: 16.7%, fires.
+        let c = e.evaluate(2 * MIN, wall, &snapshot("/", 10, 2, 0));
+        assert_eq!(states(&c), [(AlertState::Inactive, AlertState::Firing)]);
+    }
+
+    #[test]
+    fn route_rules_see_only_their_route() {
+        let mut e = engine(
+            Alert::latency(0.95)
+                .above(Duration::from_secs(1))
+                .over(2 * MIN)
+                .route("/checkout"),
+        );
+        let wall = SystemTime::UNIX_EPOCH;
+        // /slow is slow (bucket 11: 2.5-5 s), /checkout fast.
+        let mut s = snapshot("/slow", 100, 0, 11);
+        s.series.extend(snapshot("/checkout", 100, 0, 0).series);
+        assert!(e.evaluate(MIN, wall, &s).is_empty());
+        assert!(e.rules[0].value.unwrap() <= 0.005);
+        // Now /checkout is slow too.
+        let mut s = snapshot("/slow", 100, 0, 11);
+        let mut slow = snapshot("/checkout", 100, 0, 0);
+        slow.series[0].buckets[11] = 400;
+        s.series.extend(slow.series);
+        let c = e.evaluate(2 * MIN, wall, &s);
+        assert_eq!(states(&c), [(AlertState::Inactive, AlertState::Firing)]);
+        assert!(e.rules[0].value.unwrap() > 2.5);
+    }
+
+    #[test]
+    fn request_rate_below_fires_when_traffic_stops() {
+        let mut e = engine(Alert::request_rate().below(1.0).over(2 * MIN));
+        let wall = SystemTime::UNIX_EPOCH;
+        assert!(e.evaluate(MIN, wall, &snapshot("/", 600, 0, 0)).is_empty());
+        assert_eq!(e.rules[0].value, Some(10.0));
+        assert!(e.evaluate(2 * MIN, wall, &snapshot("/", 1200, 0, 0)).is_empty());
+        assert!(e.evaluate(3 * MIN, wall, &snapshot("/", 1230, 0, 0)).is_empty());
+        // The window [2m, 4m]: 60 requests in 120 s.
+        let c = e.evaluate(4 * MIN, wall, &snapshot("/", 1260, 0, 0));
+        assert_eq!(states(&c), [(AlertState::Inactive, AlertState::Firing)]);
+        assert_eq!(e.rules[0].value, Some(0.5));
+    }
+
+    #[test]
+    fn in_flight_alert_reads_the_gauge_at_each_evaluation() {
+        let mut e = engine(Alert::in_flight().above(100));
+        let wall = SystemTime::UNIX_EPOCH;
+        let mut s = Snapshot {
+            in_flight: 150,
+            ..Snapshot::default()
+        };
+        let c = e.evaluate(Duration::from_secs(15), wall, &s);
+        assert_eq!(states(&c), [(AlertState::Inactive, AlertState::Firing)]);
+        s.in_flight = 3;
+        let c = e.evaluate(Duration::from_secs(30), wall, &s);
+        assert_eq!(states(&c), [(AlertState::Firing, AlertState::Inactive)]);
+    }
+
+    #[test]
+    fn status_json_shows_every_rule() {
+        let mut e = engine(Alert::error_rate().above(0.05).over(2 * MIN).label("severity", "page"));
+        e.evaluate(MIN, SystemTime::UNIX_EPOCH, &snapshot("/", 90, 10, 0));
+        let json = e.status_json();
+        assert!(
+            json.starts_with("{\"evaluations\":1,\"last_evaluation\":\"1970-01-01T00:00:00.000000Z\""),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"name\":\"HighErrorRate\",\"state\":\"firing\",\"measure\":\"error_rate\""),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"above\":0.05,\"value\":0.1,\"window_seconds\":120,\"requests_in_window\":100"),
+            "{json}"
+        );
+        assert!(json.contains("\"labels\":{\"severity\":\"page\"}"), "{json}");
+    }
+}

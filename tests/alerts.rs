@@ -1,0 +1,111 @@
+//! Alert rules evaluated over real HTTP traffic through the layer: an error-rate
+//! alert fires when 5xx responses cross its threshold, shows as firing in
+//! `GET /alerts` and in the log, and resolves once healthy traffic brings the
+//! ratio back under it. (Window and `for` logic under a controlled clock is
+//! tested in `src/alerts`.)
+
+mod support;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use http::StatusCode;
+use tower_apm::{Alert, AlertState, Apm, LogOutput};
+
+#[tokio::test]
+async fn error_rate_alert_fires_on_5xx_traffic_and_resolves_when_it_stops() {
+    let dir = std::env::temp_dir().join(format!("tower-apm-alerts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("app.log");
+    let _ = std::fs::remove_file(&log);
+    let apm = Apm::builder()
+        .environment([
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+        ])
+        .service_name("alerts-test")
+        .logs(LogOutput::file(&log))
+        .alert(
+            Alert::error_rate()
+                .above(0.05)
+                .over(Duration::from_secs(7200))
+                .label("severity", "page"),
+        )
+        // The thread would evaluate every hour: this test evaluates when it wants.
+        .alert_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "no") }))
+        .layer(apm.layer())
+        .merge(apm.alerts_router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let hit = |path: &'static str, n: usize| {
+        let base = base.clone();
+        async move {
+            for _ in 0..n {
+                support::get(format!("{base}{path}")).await;
+            }
+        }
+    };
+    let status = || async { support::get(format!("{base}/alerts")).await.1 };
+
+    hit("/ok", 50).await;
+    apm.evaluate_alerts();
+    assert_eq!(apm.alert_state("HighErrorRate"), Some(AlertState::Inactive));
+
+    // 10 failures out of 60 requests: 16.7%.
+    hit("/fail", 10).await;
+    apm.evaluate_alerts();
+    assert_eq!(apm.alert_state("HighErrorRate"), Some(AlertState::Firing));
+    let json: serde_json::Value = serde_json::from_str(&status().await).unwrap();
+    let alert = &json["alerts"][0];
+    assert_eq!(alert["name"], "HighErrorRate");
+    assert_eq!(alert["state"], "firing");
+    assert_eq!(alert["requests_in_window"], 60);
+    assert!((alert["value"].as_f64().unwrap() - 10.0 / 60.0).abs() < 1e-9, "{alert}");
+    assert_eq!(alert["labels"]["severity"], "page");
+    assert!(alert["fired_at"].is_string());
+
+    // Healthy traffic: 10 of 260 is 3.8%, under 5%.
+    hit("/ok", 200).await;
+    apm.evaluate_alerts();
+    assert_eq!(apm.alert_state("HighErrorRate"), Some(AlertState::Inactive));
+    let json: serde_json::Value = serde_json::from_str(&status().await).unwrap();
+    assert_eq!(json["alerts"][0]["state"], "inactive");
+    assert!(json["alerts"][0]["resolved_at"].is_string());
+    assert_eq!(json["evaluations"], 3);
+
+    assert!(apm.flush_logs(Duration::from_secs(5)).await);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["target"] == "tower_apm::alerts")
+        .collect();
+    let seen: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["message"].as_str().unwrap(), e["level"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("alert firing", "WARN"), ("alert resolved", "INFO")]);
+    assert_eq!(events[0]["alert"], "HighErrorRate");
+    assert_eq!(events[0]["above"], 0.05);
+    assert_eq!(events[0]["service"], "alerts-test");
+    apm.shutdown().await.unwrap();
+}
+
+#[test]
+fn alerts_without_request_metrics_are_refused() {
+    let err = Apm::builder()
+        .environment([("OTEL_TRACES_EXPORTER", "none")])
+        .metrics(false)
+        .alert(Alert::error_rate().above(0.05))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("remove .metrics(false)"), "{err}");
+}
