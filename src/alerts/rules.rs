@@ -237,3 +237,194 @@ mod tests {
         assert!(text.contains("          summary: \"5xx \\\"over\\\" 5%\"\n"), "{text}");
     }
 }
+
+/// The rules file against a real Prometheus rule engine (`promtool test rules`,
+/// from the Debian package `.ci/interop-setup` installs): the same input series
+/// make Prometheus fire exactly when the in-process engine fires.
+#[cfg(all(test, feature = "interop"))]
+mod promtool {
+    use std::fmt::Write as _;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use super::rules_file;
+    use crate::alerts::engine::{Engine, SeriesView, Snapshot};
+    use crate::alerts::window::BUCKETS;
+    use crate::alerts::{Alert, AlertState};
+    use crate::metrics::DURATION_BOUNDS_S;
+
+    const MINUTES: usize = 40;
+
+    /// Requests per minute of one series: (route, status, bucket of each request).
+    struct Traffic {
+        route: &'static str,
+        status: u16,
+        per_minute: fn(usize) -> (u64, usize),
+    }
+
+    const TRAFFIC: [Traffic; 3] = [
+        // `/`: 100 a minute until minute 35, none after; 40 of them fail in
+        // minutes 10 to 19.
+        Traffic {
+            route: "/",
+            status: 200,
+            per_minute: |m| match m {
+                1..=9 | 20..=35 => (100, 0),
+                10..=19 => (60, 0),
+                _ => (0, 0),
+            },
+        },
+        Traffic {
+            route: "/",
+            status: 500,
+            per_minute: |m| ((if (10..=19).contains(&m) { 40 } else { 0 }), 0),
+        },
+        // `/slow`: 20 a minute, slow (2.5-5 s) in minutes 25 to 34.
+        Traffic {
+            route: "/slow",
+            status: 200,
+            per_minute: |m| match m {
+                0 => (0, 0),
+                25..=34 => (20, 11),
+                _ => (20, 0),
+            },
+        },
+    ];
+
+    /// Cumulative counts per bucket of each series at minute `m`.
+    fn cumulative(t: &Traffic, m: usize) -> [u64; BUCKETS] {
+        let mut b = [0; BUCKETS];
+        for minute in 0..=m {
+            let (n, bucket) = (t.per_minute)(minute);
+            b[bucket] += n;
+        }
+        b
+    }
+
+    fn alerts() -> Vec<Alert> {
+        vec![
+            Alert::error_rate()
+                .above(0.05)
+                .over(Duration::from_secs(300))
+                .pending_for(Duration::from_secs(120))
+                .label("severity", "page"),
+            Alert::latency(0.95)
+                .above(Duration::from_secs(1))
+                .over(Duration::from_secs(300))
+                .route("/slow")
+                .label("severity", "ticket"),
+            Alert::request_rate()
+                .below(1.0)
+                .over(Duration::from_secs(300))
+                .route("/"),
+        ]
+    }
+
+    #[test]
+    fn prometheus_fires_the_generated_rules_exactly_when_the_engine_does() {
+        let promtool = std::env::var("TOWER_APM_PROMTOOL")
+            .expect("TOWER_APM_PROMTOOL: run .ci/interop-setup and source target/interop/env");
+        let interval = Duration::from_secs(60);
+        let rules: Vec<_> = alerts()
+            .into_iter()
+            .map(|a| {
+                let c = a.validate(interval).unwrap();
+                (a, c)
+            })
+            .collect();
+
+        // The in-process engine, one evaluation a minute.
+        let mut engine = Engine::new(rules.clone(), &Snapshot::default());
+        let mut firing: Vec<Vec<bool>> = vec![Vec::new(); rules.len()];
+        for m in 1..=MINUTES {
+            let series = TRAFFIC
+                .iter()
+                .map(|t| SeriesView {
+                    route: Some(Arc::from(t.route)),
+                    status: Some(t.status),
+                    buckets: cumulative(t, m),
+                })
+                .collect();
+            let snapshot = Snapshot { series, in_flight: 0 };
+            engine.evaluate(interval * m as u32, SystemTime::UNIX_EPOCH, &snapshot);
+            for (i, r) in engine.rules.iter().enumerate() {
+                firing[i].push(r.state == AlertState::Firing);
+            }
+        }
+        let minutes_firing = |i: usize| -> Vec<usize> { (1..=MINUTES).filter(|m| firing[i][m - 1]).collect() };
+        // The scenario crosses every threshold and back.
+        assert_eq!(minutes_firing(0), (12..=23).collect::<Vec<_>>(), "error rate");
+        assert_eq!(minutes_firing(1), (25..=38).collect::<Vec<_>>(), "latency");
+        assert_eq!(minutes_firing(2), (38..=40).collect::<Vec<_>>(), "request rate");
+
+        // The same series and rules for promtool; expected alerts are the
+        // engine's, from minute 5 (before, the engine's windows are shorter than
+        // five minutes while Prometheus' ranges reach before the first sample).
+        let dir = std::env::temp_dir().join(format!("tower-apm-promtool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rules.yml"), rules_file("equivalence", &rules)).unwrap();
+        let mut test = String::from(
+            "rule_files:\n  - rules.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+        );
+        for t in &TRAFFIC {
+            let labels = format!("http_route=\"{}\",http_response_status_code=\"{}\"", t.route, t.status);
+            let values = |f: &dyn Fn(&[u64; BUCKETS]) -> u64| {
+                (0..=MINUTES)
+                    .map(|m| f(&cumulative(t, m)).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                test,
+                "      - series: 'http_server_request_duration_seconds_count{{{labels}}}'\n        values: '{}'",
+                values(&|b| b.iter().sum())
+            );
+            for i in 0..BUCKETS {
+                let le = DURATION_BOUNDS_S
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), |b| format!("{b}"));
+                let _ = writeln!(
+                    test,
+                    "      - series: 'http_server_request_duration_seconds_bucket{{{labels},le=\"{le}\"}}'\n        values: '{}'",
+                    values(&|b| b[..=i].iter().sum())
+                );
+            }
+        }
+        test.push_str("    alert_rule_test:\n");
+        for (i, (alert, _)) in rules.iter().enumerate() {
+            for m in 5..=MINUTES {
+                let _ = writeln!(test, "      - eval_time: {m}m\n        alertname: {}", alert.name);
+                if firing[i][m - 1] {
+                    let labels: Vec<String> = alert.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                    let _ = writeln!(
+                        test,
+                        "        exp_alerts:\n          - exp_labels: {{{}}}",
+                        labels.join(", ")
+                    );
+                } else {
+                    test.push_str("        exp_alerts: []\n");
+                }
+            }
+        }
+        std::fs::write(dir.join("test.yml"), &test).unwrap();
+        let check = std::process::Command::new(&promtool)
+            .args(["check", "rules"])
+            .arg(dir.join("rules.yml"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
+        assert!(check.status.success(), "promtool check rules:\n{out}");
+        assert!(out.contains("SUCCESS: 3 rules found"), "{out}");
+        let run = std::process::Command::new(&promtool)
+            .args(["test", "rules"])
+            .arg(dir.join("test.yml"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.success(),
+            "promtool test rules disagrees with the engine:\n{out}"
+        );
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+}
