@@ -8,7 +8,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{RandomIdGenerator, SdkTracer, SdkTracerProvider, SpanExporter};
 
 use crate::alerts::engine::Alerts;
-use crate::alerts::{self, Alert};
+use crate::alerts::{self, Alert, Slo};
 use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
 use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
 use crate::layer::{ApmLayer, Shared};
@@ -70,6 +70,7 @@ pub struct ApmBuilder {
     access_log: Option<bool>,
     redact_fields: Vec<String>,
     alerts: Vec<Alert>,
+    slos: Vec<Slo>,
     alert_interval: Option<Duration>,
 }
 
@@ -313,11 +314,19 @@ impl Apm {
     /// Prometheus (`rule_files:`) to run the same alerts for a fleet. Check it with
     /// `promtool check rules`.
     pub fn prometheus_rules(&self) -> String {
-        let rules: Vec<_> = self.inner.alerts.as_ref().map_or_else(Vec::new, |a| {
+        let (rules, slos): (Vec<_>, Vec<_>) = self.inner.alerts.as_ref().map_or_else(Default::default, |a| {
             let engine = a.engine.lock().unwrap_or_else(|e| e.into_inner());
-            engine.rules.iter().map(|r| (r.alert.clone(), r.comparison)).collect()
+            (
+                engine.rules.iter().map(|r| (r.alert.clone(), r.comparison)).collect(),
+                engine.slos.iter().map(|s| s.slo.clone()).collect(),
+            )
         });
-        alerts::rules::rules_file(&self.inner.service, &rules)
+        let group = if self.inner.service.is_empty() {
+            "tower-apm"
+        } else {
+            &self.inner.service
+        };
+        alerts::rules::rules_file(group, &rules, &slos)
     }
 
     /// Evaluates every alert rule now, as the background thread does every
@@ -332,7 +341,11 @@ impl Apm {
     pub fn alert_state(&self, name: &str) -> Option<alerts::AlertState> {
         let a = self.inner.alerts.as_ref()?;
         let engine = a.engine.lock().unwrap_or_else(|e| e.into_inner());
-        engine.rules.iter().find(|r| r.alert.name == name).map(|r| r.state)
+        engine
+            .rules
+            .iter()
+            .find(|r| r.alert.name == name)
+            .map(|r| r.status.state)
     }
 
     /// The export pipeline's counters: spans exported, spans dropped (queue full or
@@ -609,6 +622,14 @@ impl ApmBuilder {
         self
     }
 
+    /// Adds a service level objective: its error budget and burn rates are
+    /// tracked, and its multiwindow burn-rate alerts evaluated with the alert
+    /// rules. See [`Slo`].
+    pub fn slo(mut self, slo: Slo) -> Self {
+        self.slos.push(slo);
+        self
+    }
+
     /// How often the alert rules are evaluated (default 15 s, as Prometheus'
     /// usual `evaluation_interval`).
     pub fn alert_interval(mut self, interval: Duration) -> Self {
@@ -681,17 +702,29 @@ impl ApmBuilder {
             .iter()
             .map(|a| a.validate(interval).map(|c| (a.clone(), c)))
             .collect::<Result<Vec<_>, _>>()?;
-        let alerts = match (&metrics, rules.is_empty()) {
+        for slo in &self.slos {
+            slo.validate()?;
+        }
+        let none = rules.is_empty() && self.slos.is_empty();
+        let alerts = match (&metrics, none) {
             (_, true) => None,
             (None, false) if config.disabled => None,
             (None, false) => {
                 return Err(ConfigError::Alert {
-                    alert: rules[0].0.name.clone(),
+                    alert: rules
+                        .first()
+                        .map_or_else(|| format!("SLO {}", self.slos[0].name), |r| r.0.name.clone()),
                     problem: "alerts read the request metrics, which are off: remove .metrics(false)".into(),
                 });
             }
             (Some(m), false) => {
-                let a = Alerts::new(rules, Arc::clone(m), Arc::clone(&logs), Arc::clone(&service));
+                let a = Alerts::new(
+                    rules,
+                    self.slos.clone(),
+                    Arc::clone(m),
+                    Arc::clone(&logs),
+                    Arc::clone(&service),
+                );
                 alerts::engine::spawn(&a, interval).map_err(|e| ConfigError::Worker(e.to_string()))?;
                 Some(a)
             }

@@ -244,7 +244,7 @@ mod redact;
 mod shutdown;
 mod trace;
 
-pub use alerts::{Alert, AlertState, DEFAULT_MIN_REQUESTS, Threshold};
+pub use alerts::{Alert, AlertState, DEFAULT_MIN_REQUESTS, Slo, Threshold};
 pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::window::{BUCKETS, Ring, Totals};
-use super::{Alert, AlertState, Comparison, Measure};
+use super::{Alert, AlertState, BURN_ALERTS, Comparison, Measure, Slo};
 use crate::logs::json::{JsonLine, escape_into, write_timestamp};
 use crate::logs::writer::LogWriter;
 use crate::metrics::Metrics;
@@ -76,14 +76,159 @@ impl Snapshot {
     }
 }
 
+/// Which alert changed: a rule, or a burn-rate alert of an SLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Rule(usize),
+    /// (SLO, index into [`BURN_ALERTS`]).
+    Burn(usize, usize),
+}
+
 /// A change of an alert's state.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Transition {
-    pub(crate) rule: usize,
+    pub(crate) source: Source,
     pub(crate) from: AlertState,
     pub(crate) to: AlertState,
     /// The value that caused it.
     pub(crate) value: Option<f64>,
+}
+
+/// Where one alert stands: Prometheus' state machine.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Status {
+    pub(crate) state: AlertState,
+    /// When the condition started to hold (engine time), while pending or firing.
+    active_since: Option<Duration>,
+    /// Wall-clock times, for the status page and notifications.
+    pub(crate) active_at: Option<SystemTime>,
+    pub(crate) fired_at: Option<SystemTime>,
+    pub(crate) resolved_at: Option<SystemTime>,
+}
+
+impl Status {
+    /// One evaluation: whether the condition holds at `now`. Returns the change
+    /// of state, if any.
+    fn advance(
+        &mut self,
+        holds: bool,
+        pending: Duration,
+        now: Duration,
+        wall: SystemTime,
+    ) -> Option<(AlertState, AlertState)> {
+        let from = self.state;
+        let to = match (from, holds) {
+            (_, false) => AlertState::Inactive,
+            (AlertState::Inactive, true) => {
+                self.active_since = Some(now);
+                self.active_at = Some(wall);
+                if pending.is_zero() {
+                    AlertState::Firing
+                } else {
+                    AlertState::Pending
+                }
+            }
+            (AlertState::Pending, true) => {
+                let since = self.active_since.unwrap_or(now);
+                if now.saturating_sub(since) >= pending {
+                    AlertState::Firing
+                } else {
+                    AlertState::Pending
+                }
+            }
+            (AlertState::Firing, true) => AlertState::Firing,
+        };
+        if to == AlertState::Firing && from != AlertState::Firing {
+            self.fired_at = Some(wall);
+        }
+        if to == AlertState::Inactive {
+            self.active_since = None;
+            if from == AlertState::Firing {
+                self.resolved_at = Some(wall);
+            }
+        }
+        self.state = to;
+        (to != from).then_some((from, to))
+    }
+}
+
+/// The windows burn rates are reported over (those of [`BURN_ALERTS`]).
+pub(crate) const BURN_WINDOWS: [Duration; 5] = [
+    Duration::from_secs(300),
+    Duration::from_secs(1800),
+    Duration::from_secs(3600),
+    Duration::from_secs(6 * 3600),
+    Duration::from_secs(3 * 24 * 3600),
+];
+
+/// One SLO and where it stands.
+#[derive(Debug)]
+pub(crate) struct SloState {
+    pub(crate) slo: Slo,
+    selector: Alert,
+    budget_ring: Ring,
+    burn_rings: Vec<Ring>,
+    /// Over the SLO window (so far): requests and bad requests.
+    pub(crate) requests: u64,
+    pub(crate) bad: u64,
+    /// Burn rate over each of [`BURN_WINDOWS`] (`None` without requests).
+    pub(crate) burn: [Option<f64>; 5],
+    /// The state of each of [`BURN_ALERTS`].
+    pub(crate) alerts: [Status; 3],
+}
+
+impl SloState {
+    fn new(slo: Slo, start: &Snapshot) -> SloState {
+        let selector = slo.selector();
+        let totals = start.totals(&selector);
+        SloState {
+            budget_ring: Ring::with_step(slo.window, slo.window / 1000, totals),
+            burn_rings: BURN_WINDOWS
+                .iter()
+                .map(|w| Ring::with_step(*w, *w / 1000, totals))
+                .collect(),
+            selector,
+            slo,
+            requests: 0,
+            bad: 0,
+            burn: [None; 5],
+            alerts: Default::default(),
+        }
+    }
+
+    /// The error budget left: 1 when nothing failed, 0 when the objective is
+    /// exactly met, below 0 when it is missed.
+    pub(crate) fn budget_remaining(&self) -> Option<f64> {
+        (self.requests > 0).then(|| 1.0 - (self.bad as f64 / self.requests as f64) / self.slo.budget())
+    }
+
+    fn evaluate(&mut self, i: usize, now: Duration, wall: SystemTime, snapshot: &Snapshot) -> Vec<Transition> {
+        let current = snapshot.totals(&self.selector);
+        if let Some((t, _)) = self.budget_ring.advance(now, current) {
+            self.requests = t.requests;
+            self.bad = self.slo.bad(&t);
+        }
+        for (k, ring) in self.burn_rings.iter_mut().enumerate() {
+            self.burn[k] = ring
+                .advance(now, current)
+                .filter(|(t, _)| t.requests > 0)
+                .map(|(t, _)| self.slo.bad(&t) as f64 / t.requests as f64 / self.slo.budget());
+        }
+        let burn_over = |w: Duration| BURN_WINDOWS.iter().position(|x| *x == w).and_then(|k| self.burn[k]);
+        let mut changes = Vec::new();
+        for (k, (_, factor, long, short)) in BURN_ALERTS.iter().enumerate() {
+            let holds = burn_over(*long).is_some_and(|b| b > *factor) && burn_over(*short).is_some_and(|b| b > *factor);
+            if let Some((from, to)) = self.alerts[k].advance(holds, Duration::ZERO, now, wall) {
+                changes.push(Transition {
+                    source: Source::Burn(i, k),
+                    from,
+                    to,
+                    value: burn_over(*short),
+                });
+            }
+        }
+        changes
+    }
 }
 
 /// One rule and where it stands.
@@ -92,13 +237,7 @@ pub(crate) struct Rule {
     pub(crate) alert: Alert,
     pub(crate) comparison: Comparison,
     ring: Option<Ring>,
-    pub(crate) state: AlertState,
-    /// When the condition started to hold (engine time), while pending or firing.
-    active_since: Option<Duration>,
-    /// Wall-clock times, for the status page and notifications.
-    pub(crate) active_at: Option<SystemTime>,
-    pub(crate) fired_at: Option<SystemTime>,
-    pub(crate) resolved_at: Option<SystemTime>,
+    pub(crate) status: Status,
     pub(crate) value: Option<f64>,
     /// Requests in the last window.
     pub(crate) requests: u64,
@@ -108,6 +247,7 @@ pub(crate) struct Rule {
 #[derive(Debug)]
 pub(crate) struct Engine {
     pub(crate) rules: Vec<Rule>,
+    pub(crate) slos: Vec<SloState>,
     pub(crate) evaluations: u64,
     pub(crate) last_evaluation: Option<SystemTime>,
 }
@@ -115,7 +255,7 @@ pub(crate) struct Engine {
 impl Engine {
     /// Rules already validated, starting from `start` (the metrics when the
     /// engine starts).
-    pub(crate) fn new(alerts: Vec<(Alert, Comparison)>, start: &Snapshot) -> Engine {
+    pub(crate) fn new(alerts: Vec<(Alert, Comparison)>, slos: Vec<Slo>, start: &Snapshot) -> Engine {
         let rules = alerts
             .into_iter()
             .map(|(alert, comparison)| Rule {
@@ -125,17 +265,14 @@ impl Engine {
                     .then(|| Ring::new(alert.window, start.totals(&alert))),
                 alert,
                 comparison,
-                state: AlertState::Inactive,
-                active_since: None,
-                active_at: None,
-                fired_at: None,
-                resolved_at: None,
+                status: Status::default(),
                 value: None,
                 requests: 0,
             })
             .collect();
         Engine {
             rules,
+            slos: slos.into_iter().map(|s| SloState::new(s, start)).collect(),
             evaluations: 0,
             last_evaluation: None,
         }
@@ -166,46 +303,17 @@ impl Engine {
             };
             rule.value = value;
             let holds = enough && value.is_some_and(|v| rule.comparison.holds(v));
-            let from = rule.state;
-            let to = match (from, holds) {
-                (_, false) => AlertState::Inactive,
-                (AlertState::Inactive, true) => {
-                    rule.active_since = Some(now);
-                    rule.active_at = Some(wall);
-                    if alert.pending.is_zero() {
-                        AlertState::Firing
-                    } else {
-                        AlertState::Pending
-                    }
-                }
-                (AlertState::Pending, true) => {
-                    let since = rule.active_since.unwrap_or(now);
-                    if now.saturating_sub(since) >= alert.pending {
-                        AlertState::Firing
-                    } else {
-                        AlertState::Pending
-                    }
-                }
-                (AlertState::Firing, true) => AlertState::Firing,
-            };
-            if to == AlertState::Firing && from != AlertState::Firing {
-                rule.fired_at = Some(wall);
-            }
-            if to == AlertState::Inactive {
-                rule.active_since = None;
-                if from == AlertState::Firing {
-                    rule.resolved_at = Some(wall);
-                }
-            }
-            rule.state = to;
-            if to != from {
+            if let Some((from, to)) = rule.status.advance(holds, alert.pending, now, wall) {
                 changes.push(Transition {
-                    rule: i,
+                    source: Source::Rule(i),
                     from,
                     to,
                     value,
                 });
             }
+        }
+        for (i, slo) in self.slos.iter_mut().enumerate() {
+            changes.extend(slo.evaluate(i, now, wall, snapshot));
         }
         self.evaluations += 1;
         self.last_evaluation = Some(wall);
@@ -228,7 +336,7 @@ impl Engine {
             out.extend_from_slice(b"{\"name\":");
             string(&mut out, &a.name);
             out.extend_from_slice(b",\"state\":");
-            string(&mut out, r.state.as_str());
+            string(&mut out, r.status.state.as_str());
             out.extend_from_slice(b",\"measure\":");
             string(&mut out, measure_name(a.measure));
             if let Measure::Latency(q) = a.measure {
@@ -259,22 +367,101 @@ impl Engine {
                 );
             }
             out.extend_from_slice(format!(",\"pending_for_seconds\":{}", number(a.pending.as_secs_f64())).as_bytes());
-            for (key, t) in [
-                ("active_since", r.active_at.filter(|_| r.state != AlertState::Inactive)),
-                ("fired_at", r.fired_at),
-                ("resolved_at", r.resolved_at),
-            ] {
-                out.extend_from_slice(format!(",\"{key}\":").as_bytes());
-                time_or_null(&mut out, t);
-            }
+            status_times(&mut out, &r.status);
             out.extend_from_slice(b",\"labels\":");
             pairs(&mut out, &a.labels);
             out.extend_from_slice(b",\"annotations\":");
             pairs(&mut out, &a.annotations);
             out.push(b'}');
         }
+        out.extend_from_slice(b"],\"slos\":[");
+        for (i, s) in self.slos.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let slo = &s.slo;
+            out.extend_from_slice(b"{\"name\":");
+            string(&mut out, &slo.name);
+            out.extend_from_slice(b",\"objective\":");
+            match slo.objective {
+                super::Objective::Availability => string(&mut out, "availability"),
+                super::Objective::Latency { index } => {
+                    string(&mut out, "latency");
+                    out.extend_from_slice(
+                        format!(
+                            ",\"latency_bound_seconds\":{}",
+                            number(crate::metrics::DURATION_BOUNDS_S[index])
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+            out.extend_from_slice(b",\"route\":");
+            match &slo.route {
+                Some(route) => string(&mut out, route),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(
+                format!(
+                    ",\"target\":{},\"window_seconds\":{},\"requests\":{},\"bad_requests\":{},\"budget_remaining\":{}",
+                    number(slo.target),
+                    number(slo.window.as_secs_f64()),
+                    s.requests,
+                    s.bad,
+                    s.budget_remaining().map_or_else(|| "null".into(), number)
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(b",\"burn_rates\":{");
+            for (k, w) in BURN_WINDOWS.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                string(&mut out, &super::rules::promql_duration(*w));
+                out.push(b':');
+                match s.burn[k] {
+                    Some(b) if b.is_finite() => out.extend_from_slice(number(b).as_bytes()),
+                    _ => out.extend_from_slice(b"null"),
+                }
+            }
+            out.extend_from_slice(b"},\"alerts\":[");
+            for (k, (severity, factor, long, short)) in BURN_ALERTS.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"severity\":");
+                string(&mut out, severity);
+                out.extend_from_slice(
+                    format!(
+                        ",\"burn_rate\":{},\"long_window\":\"{}\",\"short_window\":\"{}\",\"state\":",
+                        number(*factor),
+                        super::rules::promql_duration(*long),
+                        super::rules::promql_duration(*short)
+                    )
+                    .as_bytes(),
+                );
+                string(&mut out, s.alerts[k].state.as_str());
+                status_times(&mut out, &s.alerts[k]);
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"]}");
+        }
         out.extend_from_slice(b"]}");
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn status_times(out: &mut Vec<u8>, status: &Status) {
+    for (key, t) in [
+        (
+            "active_since",
+            status.active_at.filter(|_| status.state != AlertState::Inactive),
+        ),
+        ("fired_at", status.fired_at),
+        ("resolved_at", status.resolved_at),
+    ] {
+        out.extend_from_slice(format!(",\"{key}\":").as_bytes());
+        time_or_null(out, t);
     }
 }
 
@@ -338,11 +525,12 @@ pub(crate) struct Alerts {
 impl Alerts {
     pub(crate) fn new(
         alerts: Vec<(Alert, Comparison)>,
+        slos: Vec<Slo>,
         metrics: Arc<Metrics>,
         log: Arc<LogWriter>,
         service: Arc<str>,
     ) -> Arc<Alerts> {
-        let engine = Engine::new(alerts, &Snapshot::of(&metrics));
+        let engine = Engine::new(alerts, slos, &Snapshot::of(&metrics));
         Arc::new(Alerts {
             engine: Mutex::new(engine),
             metrics,
@@ -367,11 +555,11 @@ impl Alerts {
         let mut engine = self.engine();
         let changes = engine.evaluate(now, wall, &snapshot);
         for change in &changes {
-            self.log_change(&engine.rules[change.rule], change, wall);
+            self.log_change(&engine, change, wall);
         }
     }
 
-    fn log_change(&self, rule: &Rule, change: &Transition, wall: SystemTime) {
+    fn log_change(&self, engine: &Engine, change: &Transition, wall: SystemTime) {
         let (level, message) = match change.to {
             AlertState::Firing => ("WARN", "alert firing"),
             AlertState::Pending => ("INFO", "alert pending"),
@@ -383,17 +571,36 @@ impl Alerts {
         line.str_field("level", level);
         line.str_field("target", "tower_apm::alerts");
         line.str_field("message", message);
-        line.str_field("alert", &rule.alert.name);
-        line.str_field("state", change.to.as_str());
-        line.str_field("from", change.from.as_str());
-        if let Some(v) = change.value.filter(|v| v.is_finite()) {
-            line.raw_field_unquoted("value", |b| b.extend_from_slice(number(v).as_bytes()));
-        }
-        line.raw_field_unquoted(rule.comparison.word(), |b| {
-            b.extend_from_slice(number(rule.comparison.threshold()).as_bytes());
-        });
-        if let Some(route) = &rule.alert.route {
-            line.str_field("route", route);
+        match change.source {
+            Source::Rule(i) => {
+                let rule = &engine.rules[i];
+                line.str_field("alert", &rule.alert.name);
+                line.str_field("state", change.to.as_str());
+                line.str_field("from", change.from.as_str());
+                if let Some(v) = change.value.filter(|v| v.is_finite()) {
+                    line.raw_field_unquoted("value", |b| b.extend_from_slice(number(v).as_bytes()));
+                }
+                line.raw_field_unquoted(rule.comparison.word(), |b| {
+                    b.extend_from_slice(number(rule.comparison.threshold()).as_bytes());
+                });
+                if let Some(route) = &rule.alert.route {
+                    line.str_field("route", route);
+                }
+            }
+            Source::Burn(i, k) => {
+                let (severity, factor, long, short) = BURN_ALERTS[k];
+                line.str_field("alert", super::rules::BURN_ALERT_NAME);
+                line.str_field("state", change.to.as_str());
+                line.str_field("from", change.from.as_str());
+                line.str_field("slo", &engine.slos[i].slo.name);
+                line.str_field("severity", severity);
+                line.raw_field_unquoted("burn_rate_above", |b| b.extend_from_slice(number(factor).as_bytes()));
+                line.str_field("long_window", &super::rules::promql_duration(long));
+                line.str_field("short_window", &super::rules::promql_duration(short));
+                if let Some(v) = change.value.filter(|v| v.is_finite()) {
+                    line.raw_field_unquoted("short_window_burn_rate", |b| b.extend_from_slice(number(v).as_bytes()));
+                }
+            }
         }
         line.str_field("service", &self.service);
         self.log.write(line.finish());
@@ -473,7 +680,7 @@ mod tests {
 
     fn engine(alert: Alert) -> Engine {
         let comparison = alert.validate(Duration::from_secs(15)).unwrap();
-        Engine::new(vec![(alert, comparison)], &Snapshot::default())
+        Engine::new(vec![(alert, comparison)], Vec::new(), &Snapshot::default())
     }
 
     fn states(changes: &[Transition]) -> Vec<(AlertState, AlertState)> {
@@ -502,7 +709,7 @@ mod tests {
         assert!(step(&mut e, 7, 60, 40).is_empty(), "pending for 1 of 2 minutes");
         let changes = step(&mut e, 8, 60, 40);
         assert_eq!(states(&changes), [(AlertState::Pending, AlertState::Firing)]);
-        assert_eq!(e.rules[0].fired_at, Some(wall + 8 * MIN));
+        assert_eq!(e.rules[0].status.fired_at, Some(wall + 8 * MIN));
         // Errors stop at minute 9; at minute 12 the window still holds minute 8's
         // 40 of 500 (8%), at minute 13 none.
         let mut resolved_at = None;
@@ -514,7 +721,7 @@ mod tests {
             }
         }
         assert_eq!(resolved_at, Some(13));
-        assert_eq!(e.rules[0].resolved_at, Some(wall + 13 * MIN));
+        assert_eq!(e.rules[0].status.resolved_at, Some(wall + 13 * MIN));
     }
 
     #[test]
@@ -526,7 +733,7 @@ mod tests {
         // 50 of 1,050 since the start: 4.8%.
         let c = e.evaluate(2 * MIN, wall, &snapshot("/", 1000, 50, 0));
         assert_eq!(states(&c), [(AlertState::Pending, AlertState::Inactive)]);
-        assert_eq!(e.rules[0].fired_at, None);
+        assert_eq!(e.rules[0].status.fired_at, None);
     }
 
     #[test]
@@ -536,7 +743,7 @@ mod tests {
         // One failure out of two requests: 50%, but only 2 requests.
         assert!(e.evaluate(MIN, wall, &snapshot("/", 1, 1, 0)).is_empty());
         assert_eq!(e.rules[0].value, Some(0.5));
-        assert_eq!(e.rules[0].state, AlertState::Inactive);
+        assert_eq!(e.rules[0].status.state, AlertState::Inactive);
         // Twelve requests since the start, two failing: 16.7%, fires.
         let c = e.evaluate(2 * MIN, wall, &snapshot("/", 10, 2, 0));
         assert_eq!(states(&c), [(AlertState::Inactive, AlertState::Firing)]);
@@ -593,6 +800,58 @@ mod tests {
         s.in_flight = 3;
         let c = e.evaluate(Duration::from_secs(30), wall, &s);
         assert_eq!(states(&c), [(AlertState::Firing, AlertState::Inactive)]);
+    }
+
+    #[test]
+    fn a_burn_rate_alert_needs_both_of_its_windows_over_the_rate() {
+        use crate::alerts::Slo;
+        let slo = Slo::availability(0.99);
+        let mut e = Engine::new(Vec::new(), vec![slo], &Snapshot::default());
+        let wall = SystemTime::UNIX_EPOCH;
+        let (mut ok, mut failed) = (0, 0);
+        let mut page_fired = None;
+        let mut page_resolved = None;
+        for m in 1..=120u32 {
+            // 100 requests a minute; all of them fail in minutes 61 to 70.
+            if (61..=70).contains(&m) {
+                failed += 100;
+            } else {
+                ok += 100;
+            }
+            let changes = e.evaluate(m * MIN, wall, &snapshot("/", ok, failed, 0));
+            for c in changes.iter().filter(|c| c.source == Source::Burn(0, 0)) {
+                match c.to {
+                    AlertState::Firing => page_fired = Some(m),
+                    AlertState::Inactive => page_resolved = Some(m),
+                    AlertState::Pending => unreachable!("burn-rate alerts have no pending time"),
+                }
+            }
+            if m == 65 {
+                // A 5-minute spike: the short window burns 100x, the hour only
+                // 500/6,000 = 8.3x, under 14.4x: no page yet.
+                assert_eq!(e.slos[0].burn[0], Some(100.0 / (1.0 - 0.99) / 100.0));
+                assert!(e.slos[0].burn[2].unwrap() < 14.4);
+                assert_eq!(e.slos[0].alerts[0].state, AlertState::Inactive);
+            }
+        }
+        // At minute 69 the hour holds 900 failures in 6,000 (15x); the page
+        // resolves once the last failing minute leaves the 5-minute window.
+        assert_eq!(page_fired, Some(69));
+        assert_eq!(page_resolved, Some(75));
+        // Over the whole (30-day) window so far: 1,000 of 12,000 failed, 8.3%
+        // against a 1% budget.
+        assert_eq!((e.slos[0].requests, e.slos[0].bad), (12_000, 1_000));
+        let remaining = e.slos[0].budget_remaining().unwrap();
+        assert!(
+            (remaining - (1.0 - (1000.0 / 12000.0) / (1.0 - 0.99))).abs() < 1e-9,
+            "{remaining}"
+        );
+        let json = e.status_json();
+        assert!(
+            json.contains("\"slos\":[{\"name\":\"availability\",\"objective\":\"availability\""),
+            "{json}"
+        );
+        assert!(json.contains("\"burn_rates\":{\"5m\":0,\"30m\":"), "{json}");
     }
 
     #[test]

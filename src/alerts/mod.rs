@@ -53,6 +53,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::config::ConfigError;
+use crate::metrics::DURATION_BOUNDS_S;
 
 /// How often rules are evaluated unless [`crate::ApmBuilder::alert_interval`] says otherwise.
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
@@ -324,10 +325,176 @@ impl Alert {
     }
 }
 
+/// What a service level objective counts as a good request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Objective {
+    /// Answered without an error status.
+    Availability,
+    /// Answered within the duration bound `DURATION_BOUNDS_S[index]`.
+    Latency { index: usize },
+}
+
+/// The burn-rate alerts of every SLO, as the SRE workbook's "multiwindow,
+/// multi-burn-rate alerts" set them: (severity, burn rate, long window, short
+/// window). A burn rate of 14.4 over one hour spends 2% of a 30-day budget.
+pub(crate) const BURN_ALERTS: [(&str, f64, Duration, Duration); 3] = [
+    ("page", 14.4, Duration::from_secs(3600), Duration::from_secs(300)),
+    ("page", 6.0, Duration::from_secs(6 * 3600), Duration::from_secs(1800)),
+    (
+        "ticket",
+        1.0,
+        Duration::from_secs(3 * 24 * 3600),
+        Duration::from_secs(6 * 3600),
+    ),
+];
+
+/// A service level objective: the share of good requests to keep over a
+/// window (default 30 days). The engine reports the error budget left and the
+/// burn rates over 5 minutes to 3 days, and raises the SRE workbook's
+/// multiwindow, multi-burn-rate alerts (`SloBurnRate`, labelled with the SLO and
+/// a severity): burning 14.4 times the sustainable rate over both 1 h and 5 min
+/// or 6 times over both 6 h and 30 min pages, once over both 3 days and 6 h opens
+/// a ticket.
+///
+/// ```
+/// # fn main() -> Result<(), tower_apm::ConfigError> {
+/// use std::time::Duration;
+/// use tower_apm::{Apm, Slo};
+///
+/// let apm = Apm::builder()
+///     .slo(Slo::availability(0.999))                                        // 99.9% not 5xx, 30 days
+///     .slo(Slo::latency(Duration::from_millis(250), 0.99).route("/checkout")) // 99% within 250 ms
+///     .build()?;
+/// # let _ = apm;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Slo {
+    pub(crate) name: String,
+    pub(crate) objective: Objective,
+    pub(crate) target: f64,
+    pub(crate) window: Duration,
+    pub(crate) route: Option<String>,
+    pub(crate) error_statuses: RangeInclusive<u16>,
+    /// For a latency objective given off the histogram's bounds: the bound asked for.
+    latency_asked: Option<Duration>,
+}
+
+impl Slo {
+    /// `target` (for example `0.999`) of the requests answered without an
+    /// error status (5xx unless [`Slo::error_statuses`] says otherwise).
+    pub fn availability(target: f64) -> Slo {
+        Slo {
+            name: "availability".into(),
+            objective: Objective::Availability,
+            target,
+            window: Duration::from_secs(30 * 24 * 3600),
+            route: None,
+            error_statuses: 500..=599,
+            latency_asked: None,
+        }
+    }
+
+    /// `target` of the requests answered within `bound`, which must be one of
+    /// the bucket bounds of `http.server.request.duration` (5, 10, 25, 50, 75,
+    /// 100, 250, 500, 750 ms, 1, 2.5, 5, 7.5, 10 s): the histogram cannot tell
+    /// finer, in this process or in Prometheus.
+    pub fn latency(bound: Duration, target: f64) -> Slo {
+        let index = DURATION_BOUNDS_S
+            .iter()
+            .position(|b| (b - bound.as_secs_f64()).abs() < 1e-9);
+        Slo {
+            name: format!("latency-{}ms", bound.as_millis()),
+            objective: Objective::Latency {
+                index: index.unwrap_or(usize::MAX),
+            },
+            target,
+            window: Duration::from_secs(30 * 24 * 3600),
+            route: None,
+            error_statuses: 500..=599,
+            latency_asked: Some(bound),
+        }
+    }
+
+    /// The window the objective is measured over (default 30 days).
+    pub fn window(mut self, window: Duration) -> Slo {
+        self.window = window;
+        self
+    }
+
+    /// Only the requests of this route template.
+    pub fn route(mut self, route: impl Into<String>) -> Slo {
+        self.route = Some(route.into());
+        self
+    }
+
+    /// The SLO's name (the `slo` label of its alerts); default `availability`
+    /// or `latency-<ms>ms`.
+    pub fn name(mut self, name: impl Into<String>) -> Slo {
+        self.name = name.into();
+        self
+    }
+
+    /// The status codes that count as errors for [`Slo::availability`]
+    /// (default `500..=599`).
+    pub fn error_statuses(mut self, statuses: RangeInclusive<u16>) -> Slo {
+        self.error_statuses = statuses;
+        self
+    }
+
+    /// The share of requests the objective lets fail: `1 - target`.
+    pub(crate) fn budget(&self) -> f64 {
+        1.0 - self.target
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |problem: String| ConfigError::Alert {
+            alert: format!("SLO {}", self.name),
+            problem,
+        };
+        if !(self.target > 0.0 && self.target < 1.0) {
+            return Err(fail(format!(
+                "the target {} is not between 0 and 1 (for 99.9% write 0.999)",
+                self.target
+            )));
+        }
+        if let (Objective::Latency { index: usize::MAX }, Some(asked)) = (self.objective, self.latency_asked) {
+            return Err(fail(format!(
+                "{asked:?} is not a bucket bound of http.server.request.duration; use one of \
+                 5, 10, 25, 50, 75, 100, 250, 500, 750 ms, 1, 2.5, 5, 7.5 or 10 s"
+            )));
+        }
+        if self.window < Duration::from_secs(3600) {
+            return Err(fail(format!("the window {:?} is shorter than an hour", self.window)));
+        }
+        if self.error_statuses.is_empty() || self.name.is_empty() {
+            return Err(fail("empty error_statuses or name".into()));
+        }
+        Ok(())
+    }
+
+    /// The bad requests among `t`.
+    pub(crate) fn bad(&self, t: &window::Totals) -> u64 {
+        match self.objective {
+            Objective::Availability => t.errors,
+            Objective::Latency { index } => t.buckets.iter().skip(index + 1).sum(),
+        }
+    }
+
+    /// The rule that selects this SLO's requests (for the shared totals).
+    pub(crate) fn selector(&self) -> Alert {
+        let mut a = Alert::error_rate().error_statuses(self.error_statuses.clone());
+        a.route = self.route.clone();
+        a
+    }
+}
+
 /// The state of an alert, as Prometheus names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AlertState {
     /// The condition does not hold.
+    #[default]
     Inactive,
     /// The condition holds, for less than [`Alert::pending_for`] so far.
     Pending,
@@ -356,6 +523,16 @@ mod tests {
         assert_eq!(Alert::latency(0.95).name, "HighLatencyP95");
         assert_eq!(Alert::latency(0.999).name, "HighLatencyP99.9");
         assert_eq!(Alert::error_rate().name("Checkout5xx").name, "Checkout5xx");
+    }
+
+    #[test]
+    fn slos_are_refused_with_what_to_fix() {
+        let err = |s: Slo| s.validate().unwrap_err().to_string();
+        assert!(err(Slo::availability(99.9)).contains("for 99.9% write 0.999"));
+        assert!(err(Slo::latency(Duration::from_millis(300), 0.99)).contains("not a bucket bound"));
+        assert!(err(Slo::availability(0.999).window(Duration::from_secs(60))).contains("shorter than an hour"));
+        assert!(Slo::latency(Duration::from_millis(250), 0.99).validate().is_ok());
+        assert_eq!(Slo::latency(Duration::from_millis(250), 0.99).name, "latency-250ms");
     }
 
     #[test]

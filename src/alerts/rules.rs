@@ -10,7 +10,11 @@ use std::fmt::Write;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use super::{Alert, Comparison, Measure};
+use super::{Alert, BURN_ALERTS, Comparison, Measure, Objective, Slo};
+use crate::metrics::DURATION_BOUNDS_S;
+
+/// The `alertname` of every SLO's burn-rate alerts.
+pub(crate) const BURN_ALERT_NAME: &str = "SloBurnRate";
 
 const COUNT: &str = "http_server_request_duration_seconds_count";
 const BUCKET: &str = "http_server_request_duration_seconds_bucket";
@@ -19,7 +23,9 @@ const ACTIVE: &str = "http_server_active_requests";
 /// A PromQL range: `5m`, `1h`, `90s`.
 pub(crate) fn promql_duration(d: Duration) -> String {
     let s = d.as_secs().max(1);
-    if s % 3600 == 0 {
+    if s % 86_400 == 0 {
+        format!("{}d", s / 86_400)
+    } else if s % 3600 == 0 {
         format!("{}h", s / 3600)
     } else if s % 60 == 0 {
         format!("{}m", s / 60)
@@ -120,8 +126,71 @@ pub(crate) fn expr(alert: &Alert, comparison: Comparison) -> String {
     e
 }
 
-/// The rules file (YAML) for `alerts`, one group named `group`.
-pub(crate) fn rules_file(group: &str, alerts: &[(Alert, Comparison)]) -> String {
+/// An `le` label value as the Prometheus endpoint writes it (`1.0`, `0.25`).
+fn le(bound: f64) -> String {
+    if bound.fract() == 0.0 {
+        format!("{bound:.1}")
+    } else {
+        format!("{bound}")
+    }
+}
+
+/// The share of `slo`'s requests that were bad over `window`, in PromQL.
+pub(crate) fn bad_ratio(slo: &Slo, window: Duration) -> String {
+    let range = promql_duration(window);
+    let all = selector(slo.route.as_deref(), None);
+    match slo.objective {
+        Objective::Availability => {
+            let errors = selector(
+                slo.route.as_deref(),
+                Some(format!(
+                    "http_response_status_code=~\"{}\"",
+                    status_regex(&slo.error_statuses)
+                )),
+            );
+            format!("((sum(increase({COUNT}{errors}[{range}])) or vector(0)) / sum(increase({COUNT}{all}[{range}])))")
+        }
+        Objective::Latency { index } => {
+            let fast = selector(
+                slo.route.as_deref(),
+                Some(format!("le=\"{}\"", le(DURATION_BOUNDS_S[index]))),
+            );
+            format!(
+                "((sum(increase({COUNT}{all}[{range}])) - sum(increase({BUCKET}{fast}[{range}]))) \
+                 / sum(increase({COUNT}{all}[{range}])))"
+            )
+        }
+    }
+}
+
+/// The `summary` annotation of `slo`'s burn-rate alert `k`.
+pub(crate) fn burn_summary(slo: &Slo, k: usize) -> String {
+    let (_, factor, long, short) = BURN_ALERTS[k];
+    format!(
+        "SLO {} ({}) spends its error budget {factor}x as fast as it lasts, over {} and {}",
+        slo.name,
+        slo.target,
+        promql_duration(long),
+        promql_duration(short)
+    )
+}
+
+/// The PromQL of `slo`'s burn-rate alert `k` (of [`BURN_ALERTS`]).
+pub(crate) fn burn_expr(slo: &Slo, k: usize) -> String {
+    let (_, factor, long, short) = BURN_ALERTS[k];
+    // Rounded: 14.4 * (1 - 0.999) is 0.014400000000000013 in binary.
+    let threshold = format!("{:.12}", factor * slo.budget());
+    let threshold = threshold.trim_end_matches('0').trim_end_matches('.');
+    format!(
+        "{} > {threshold} and {} > {threshold}",
+        bad_ratio(slo, long),
+        bad_ratio(slo, short)
+    )
+}
+
+/// The rules file (YAML) for `alerts` and the burn-rate alerts of `slos`, one
+/// group named `group`.
+pub(crate) fn rules_file(group: &str, alerts: &[(Alert, Comparison)], slos: &[Slo]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -150,6 +219,19 @@ pub(crate) fn rules_file(group: &str, alerts: &[(Alert, Comparison)]) -> String 
             for (k, v) in &alert.annotations {
                 let _ = writeln!(out, "          {k}: {}", yaml(v));
             }
+        }
+    }
+    for slo in slos {
+        for (k, (severity, _, long, short)) in BURN_ALERTS.iter().enumerate() {
+            let _ = writeln!(out, "      - alert: {}", yaml(BURN_ALERT_NAME));
+            let _ = writeln!(out, "        expr: {}", yaml(&burn_expr(slo, k)));
+            out.push_str("        for: 0s\n        labels:\n");
+            let _ = writeln!(out, "          slo: {}", yaml(&slo.name));
+            let _ = writeln!(out, "          severity: {}", yaml(severity));
+            let _ = writeln!(out, "          long_window: {}", yaml(&promql_duration(*long)));
+            let _ = writeln!(out, "          short_window: {}", yaml(&promql_duration(*short)));
+            out.push_str("        annotations:\n");
+            let _ = writeln!(out, "          summary: {}", yaml(&burn_summary(slo, k)));
         }
     }
     out
@@ -215,7 +297,33 @@ mod tests {
     }
 
     #[test]
+    fn slo_burn_rates_compare_bad_ratios_with_the_budget_times_the_rate() {
+        let slo = Slo::latency(Duration::from_millis(250), 0.99).route("/checkout");
+        assert_eq!(
+            bad_ratio(&slo, Duration::from_secs(300)),
+            "((sum(increase(http_server_request_duration_seconds_count{http_route=\"/checkout\"}[5m])) \
+             - sum(increase(http_server_request_duration_seconds_bucket{http_route=\"/checkout\",le=\"0.25\"}[5m]))) \
+             / sum(increase(http_server_request_duration_seconds_count{http_route=\"/checkout\"}[5m])))"
+        );
+        let slo = Slo::latency(Duration::from_secs(1), 0.99);
+        assert!(bad_ratio(&slo, Duration::from_secs(300)).contains("le=\"1.0\""));
+        let expr = burn_expr(&Slo::availability(0.999), 0);
+        assert!(
+            expr.contains("[1h]))) > 0.0144 and") && expr.ends_with("[5m]))) > 0.0144"),
+            "{expr}"
+        );
+        let text = rules_file("svc", &[], &[Slo::availability(0.999)]);
+        assert_eq!(text.matches("- alert: \"SloBurnRate\"").count(), 3, "{text}");
+        assert!(
+            text.contains("          severity: \"ticket\"\n          long_window: \"3d\"\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_file_carries_names_for_labels_and_annotations() {
+        let text = rules_file("checkout", &[], &[]);
+        assert!(text.contains("    rules:\n"), "{text}");
         let text = rules_file(
             "checkout",
             &[rule(
@@ -225,6 +333,7 @@ mod tests {
                     .label("severity", "page")
                     .annotation("summary", "5xx \"over\" 5%"),
             )],
+            &[],
         );
         assert!(
             text.contains("  - name: \"checkout\"\n    rules:\n      - alert: \"HighErrorRate\"\n"),
@@ -333,8 +442,10 @@ mod promtool {
             })
             .collect();
 
+        let slos = vec![crate::alerts::Slo::availability(0.99).route("/")];
         // The in-process engine, one evaluation a minute.
-        let mut engine = Engine::new(rules.clone(), &Snapshot::default());
+        let mut engine = Engine::new(rules.clone(), slos.clone(), &Snapshot::default());
+        let mut burn_firing: Vec<Vec<bool>> = vec![Vec::new(); 3];
         let mut firing: Vec<Vec<bool>> = vec![Vec::new(); rules.len()];
         for m in 1..=MINUTES {
             let series = TRAFFIC
@@ -348,7 +459,10 @@ mod promtool {
             let snapshot = Snapshot { series, in_flight: 0 };
             engine.evaluate(interval * m as u32, SystemTime::UNIX_EPOCH, &snapshot);
             for (i, r) in engine.rules.iter().enumerate() {
-                firing[i].push(r.state == AlertState::Firing);
+                firing[i].push(r.status.state == AlertState::Firing);
+            }
+            for (k, status) in engine.slos[0].alerts.iter().enumerate() {
+                burn_firing[k].push(status.state == AlertState::Firing);
             }
         }
         let minutes_firing = |i: usize| -> Vec<usize> { (1..=MINUTES).filter(|m| firing[i][m - 1]).collect() };
@@ -356,13 +470,24 @@ mod promtool {
         assert_eq!(minutes_firing(0), (12..=23).collect::<Vec<_>>(), "error rate");
         assert_eq!(minutes_firing(1), (25..=38).collect::<Vec<_>>(), "latency");
         assert_eq!(minutes_firing(2), (38..=40).collect::<Vec<_>>(), "request rate");
+        let burning = |k: usize| -> Vec<usize> { (1..=MINUTES).filter(|m| burn_firing[k][m - 1]).collect() };
+        // 14.4x (1% budget: 14.4% bad) over 1 h and 5 min: from minute 15, when
+        // the hour so far holds 240 of 1,500, until the 5-minute window holds
+        // only the last failing minute (40 of 500, 8%).
+        assert_eq!(burning(0), (15..=22).collect::<Vec<_>>(), "page, 1h/5m");
+        assert!(
+            burning(1).contains(&11) && burning(2).contains(&10),
+            "{:?} {:?}",
+            burning(1),
+            burning(2)
+        );
 
         // The same series and rules for promtool; expected alerts are the
         // engine's, from minute 5 (before, the engine's windows are shorter than
         // five minutes while Prometheus' ranges reach before the first sample).
         let dir = std::env::temp_dir().join(format!("tower-apm-promtool-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("rules.yml"), rules_file("equivalence", &rules)).unwrap();
+        std::fs::write(dir.join("rules.yml"), rules_file("equivalence", &rules, &slos)).unwrap();
         let mut test = String::from(
             "rule_files:\n  - rules.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
         );
@@ -406,6 +531,33 @@ mod promtool {
                 }
             }
         }
+        // promtool compares all the `SloBurnRate` alerts firing at each time.
+        for m in 5..=MINUTES {
+            let _ = writeln!(
+                test,
+                "      - eval_time: {m}m\n        alertname: {}",
+                super::BURN_ALERT_NAME
+            );
+            let expected: Vec<String> = crate::alerts::BURN_ALERTS
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| burn_firing[*k][m - 1])
+                .map(|(k, (severity, _, long, short))| {
+                    format!(
+                        "          - exp_labels: {{slo: availability, severity: {severity}, long_window: {}, \
+                         short_window: {}}}\n            exp_annotations: {{summary: {}}}",
+                        super::promql_duration(*long),
+                        super::promql_duration(*short),
+                        super::yaml(&super::burn_summary(&slos[0], k))
+                    )
+                })
+                .collect();
+            if expected.is_empty() {
+                test.push_str("        exp_alerts: []\n");
+            } else {
+                let _ = writeln!(test, "        exp_alerts:\n{}", expected.join("\n"));
+            }
+        }
         std::fs::write(dir.join("test.yml"), &test).unwrap();
         let check = std::process::Command::new(&promtool)
             .args(["check", "rules"])
@@ -414,7 +566,7 @@ mod promtool {
             .unwrap();
         let out = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
         assert!(check.status.success(), "promtool check rules:\n{out}");
-        assert!(out.contains("SUCCESS: 3 rules found"), "{out}");
+        assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
         let run = std::process::Command::new(&promtool)
             .args(["test", "rules"])
             .arg(dir.join("test.yml"))

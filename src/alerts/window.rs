@@ -64,6 +64,9 @@ impl Totals {
 #[derive(Debug)]
 pub(crate) struct Ring {
     window: Duration,
+    /// Frames closer together than this are not kept (long windows keep about
+    /// a thousand frames, whatever the interval).
+    step: Duration,
     /// (time since the engine started, totals then), oldest first.
     frames: VecDeque<(Duration, Totals)>,
 }
@@ -72,9 +75,15 @@ impl Ring {
     /// A ring whose first frame is `start` at time zero (the counts when the
     /// engine started).
     pub(crate) fn new(window: Duration, start: Totals) -> Ring {
+        Ring::with_step(window, Duration::ZERO, start)
+    }
+
+    /// A ring that keeps a frame at most every `step`: the window's start is then
+    /// known to within `step`.
+    pub(crate) fn with_step(window: Duration, step: Duration, start: Totals) -> Ring {
         let mut frames = VecDeque::new();
         frames.push_back((Duration::ZERO, start));
-        Ring { window, frames }
+        Ring { window, step, frames }
     }
 
     /// The increase over the window ending `now`, and the time it spans; then
@@ -93,7 +102,11 @@ impl Ring {
             self.frames.pop_front();
         }
         let base = self.frames.front().copied();
-        if self.frames.back().is_none_or(|(t, _)| *t < now) {
+        if self
+            .frames
+            .back()
+            .is_none_or(|(t, _)| *t < now && now - *t >= self.step)
+        {
             self.frames.push_back((now, current));
         }
         let (t, totals) = base?;
@@ -140,6 +153,21 @@ mod tests {
         // At t=120, the window starts at 60.
         assert_eq!(got[7], Some((totals(600, 60), secs(60))));
         assert!(ring.len() <= 6, "frames kept: {}", ring.len());
+    }
+
+    #[test]
+    fn a_long_window_keeps_a_bounded_number_of_frames() {
+        let day = secs(86_400);
+        let mut ring = Ring::with_step(30 * day, 30 * day / 1000, totals(0, 0));
+        for i in 1..=(40 * 86_400 / 15) {
+            ring.advance(secs(i * 15), totals(i, 0));
+        }
+        assert!(ring.len() <= 1002, "frames kept: {}", ring.len());
+        // The window's start is known to within one step.
+        let now = secs(40 * 86_400 + 15);
+        let (t, span) = ring.advance(now, totals(40 * 86_400 / 15 + 1, 0)).unwrap();
+        assert!(span >= 30 * day && span <= 30 * day + 30 * day / 1000, "{span:?}");
+        assert_eq!(t.requests, span.as_secs() / 15);
     }
 
     #[test]
