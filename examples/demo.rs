@@ -21,6 +21,9 @@
 //! - `/metrics`        the Prometheus endpoint: request duration histograms per
 //!   route, in-flight requests, body sizes, process CPU and memory (OpenMetrics
 //!   with exemplars when asked: `curl -H 'Accept: application/openmetrics-text' ...`)
+//! - `/alerts`         the alert rules and the SLO as JSON: hit `/error` a few
+//!   times among other requests and `HighErrorRate` fires within 15 s (a WARN
+//!   log line), then resolves once the minute has passed
 //!
 //! Ctrl-C (or `kill -TERM`) shuts down in logged phases: readiness fails, the
 //! pre-stop delay (`DEMO_PRE_STOP_MS`, default 0), the listener closes, in-flight
@@ -41,7 +44,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
-use tower_apm::{Apm, ClientService, LogOutput, Shutdown};
+use tower_apm::{Alert, Apm, ClientService, LogOutput, Shutdown, Slo};
 
 type HttpClient = ClientService<Client<HttpConnector, Empty<bytes::Bytes>>>;
 
@@ -74,6 +77,15 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .service_name("tower-apm-demo")
         // JSON lines on stdout, with one access-log line per request.
         .logs(LogOutput::stdout())
+        // Alerts evaluated in the process every 15 s, logged when they change.
+        .alert(Alert::error_rate().above(0.05).over(Duration::from_secs(60)))
+        .alert(
+            Alert::latency(0.95)
+                .above(Duration::from_secs(1))
+                .over(Duration::from_secs(60))
+                .route("/users/{id}"),
+        )
+        .slo(Slo::availability(0.999))
         .build()?;
     // 2. JSON log lines on stdout (RUST_LOG filters them), with the trace and span
     //    ids of the request; `tracing` spans exported as child spans.
@@ -101,7 +113,9 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let app = Router::new()
         .route(
             "/",
-            get(|| async { "tower-apm demo: try /users/7, /slow, /error, /panic, /downstream, /metrics, /readyz\n" }),
+            get(|| async {
+                "tower-apm demo: try /users/7, /slow, /error, /panic, /downstream, /metrics, /alerts, /readyz\n"
+            }),
         )
         .route("/users/{id}", get(user))
         .route("/slow", get(slow))
@@ -111,8 +125,9 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .route("/downstream", get(downstream))
         .route("/jobs/{n}", post(enqueue))
         .with_state(App { client, addr, jobs })
-        // 6. The Prometheus endpoint and the health endpoints.
+        // 6. The Prometheus endpoint, the alerts and the health endpoints.
         .merge(apm.metrics_router())
+        .merge(apm.alerts_router())
         .merge(shutdown.health_router())
         .layer(apm.layer());
 

@@ -173,6 +173,35 @@
 //! and a warning line in the log says how many. A log file that cannot be opened
 //! is a [`ConfigError`] from [`ApmBuilder::build`].
 //!
+//! ## Alerts and SLOs
+//!
+//! Rules given to [`ApmBuilder::alert`] ([`Alert`]: error rate, a latency
+//! quantile, request rate, requests in flight; per route or overall) and
+//! objectives given to [`ApmBuilder::slo`] ([`Slo`]: availability or latency over
+//! 30 days) are evaluated in the process every [`ApmBuilder::alert_interval`],
+//! off the request path, over the counts the request metrics already keep.
+//! States are Prometheus' (inactive, pending, firing, resolved); each change is a
+//! log line; [`Apm::alerts_router`] serves them, with every SLO's error budget
+//! left and burn rates, as JSON. For a fleet, [`Apm::prometheus_rules`] writes
+//! the same rules, and the SRE workbook's multiwindow burn-rate alerts of each
+//! SLO, as a Prometheus rules file; `promtool test rules` fires them at the same
+//! evaluations as the in-process engine (a test checks it minute by minute).
+//!
+//! ```
+//! # fn main() -> Result<(), tower_apm::ConfigError> {
+//! use std::time::Duration;
+//! use tower_apm::{Alert, Apm, Slo};
+//!
+//! let apm = Apm::builder()
+//!     .alert(Alert::error_rate().above(0.05).over(Duration::from_secs(300)))
+//!     .alert(Alert::latency(0.95).above(Duration::from_secs(1)).route("/checkout"))
+//!     .slo(Slo::availability(0.999))
+//!     .build()?;
+//! let app: axum::Router = axum::Router::new().merge(apm.alerts_router()); // GET /alerts
+//! std::fs::write(std::env::temp_dir().join("rules.yml"), apm.prometheus_rules()).unwrap();
+//! # Ok(()) }
+//! ```
+//!
 //! ## Graceful shutdown
 //!
 //! [`Shutdown`] turns SIGTERM or SIGINT into a clean exit in logged phases, each
@@ -216,6 +245,7 @@
 //! - [`ApmLayer`]: the server layer ([`ApmService`], [`ResponseFuture`]).
 //! - [`ClientLayer`]: the client layer for outgoing calls.
 //! - [`JsonLayer`], [`LogOutput`], [`Rotation`]: structured logs.
+//! - [`Alert`], [`Slo`], [`AlertState`], [`Threshold`]: alerts and SLOs.
 //! - [`Shutdown`] ([`ShutdownBuilder`], [`ShutdownLayer`], [`Worker`], [`Phase`]):
 //!   graceful shutdown.
 //! - [`Sampler`], [`Protocol`], [`TelemetryStats`], [`ConfigError`], [`ExportError`].

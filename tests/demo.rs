@@ -67,6 +67,18 @@ async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
         inner_count.ends_with(" 1"),
         "the downstream call's request: {inner_count}"
     );
+    let (status, alerts) = get(format!("{base}/alerts")).await;
+    assert_eq!(status, 200);
+    let alerts: serde_json::Value = serde_json::from_str(&alerts).unwrap();
+    let names: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["HighErrorRate", "HighLatencyP95"]);
+    assert_eq!(alerts["slos"][0]["name"], "availability");
+    assert_eq!(alerts["slos"][0]["target"], 0.999);
     assert!(
         receiver.spans().is_empty(),
         "spans wait in the batch queue until the flush"
@@ -117,8 +129,8 @@ async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
     // The log: JSON only, one access line per request, each with its request's trace.
     let lines = reader.join().expect("every stdout line parsed as JSON");
     let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "tower_apm::access").collect();
-    // /downstream, /users/42 (its call), /panic, /error, /, /metrics.
-    assert_eq!(access.len(), 6, "{access:#?}");
+    // /downstream, /users/42 (its call), /panic, /error, /, /metrics, /alerts.
+    assert_eq!(access.len(), 7, "{access:#?}");
     let logged_outer = access.iter().find(|l| l["route"] == "/downstream").unwrap();
     assert_eq!(logged_outer["trace_id"], outer.trace_id_hex().as_str());
     assert_eq!(logged_outer["span_id"], outer.span_id_hex().as_str());

@@ -171,8 +171,10 @@ pub(crate) struct SloState {
     /// Over the SLO window (so far): requests and bad requests.
     pub(crate) requests: u64,
     pub(crate) bad: u64,
-    /// Burn rate over each of [`BURN_WINDOWS`] (`None` without requests).
+    /// Burn rate over each of [`BURN_WINDOWS`] (`None` without requests), and
+    /// the requests it was measured over.
     pub(crate) burn: [Option<f64>; 5],
+    burn_requests: [u64; 5],
     /// The state of each of [`BURN_ALERTS`].
     pub(crate) alerts: [Status; 3],
 }
@@ -192,6 +194,7 @@ impl SloState {
             requests: 0,
             bad: 0,
             burn: [None; 5],
+            burn_requests: [0; 5],
             alerts: Default::default(),
         }
     }
@@ -209,15 +212,20 @@ impl SloState {
             self.bad = self.slo.bad(&t);
         }
         for (k, ring) in self.burn_rings.iter_mut().enumerate() {
-            self.burn[k] = ring
-                .advance(now, current)
+            let increase = ring.advance(now, current);
+            self.burn_requests[k] = increase.map_or(0, |(t, _)| t.requests);
+            self.burn[k] = increase
                 .filter(|(t, _)| t.requests > 0)
                 .map(|(t, _)| self.slo.bad(&t) as f64 / t.requests as f64 / self.slo.budget());
         }
-        let burn_over = |w: Duration| BURN_WINDOWS.iter().position(|x| *x == w).and_then(|k| self.burn[k]);
+        let index = |w: Duration| BURN_WINDOWS.iter().position(|x| *x == w);
+        let burn_over = |w: Duration| index(w).and_then(|k| self.burn[k]);
         let mut changes = Vec::new();
         for (k, (_, factor, long, short)) in BURN_ALERTS.iter().enumerate() {
-            let holds = burn_over(*long).is_some_and(|b| b > *factor) && burn_over(*short).is_some_and(|b| b > *factor);
+            let enough = index(*short).is_some_and(|s| self.burn_requests[s] >= self.slo.min_requests);
+            let holds = enough
+                && burn_over(*long).is_some_and(|b| b > *factor)
+                && burn_over(*short).is_some_and(|b| b > *factor);
             if let Some((from, to)) = self.alerts[k].advance(holds, Duration::ZERO, now, wall) {
                 changes.push(Transition {
                     source: Source::Burn(i, k),

@@ -377,6 +377,7 @@ pub struct Slo {
     pub(crate) window: Duration,
     pub(crate) route: Option<String>,
     pub(crate) error_statuses: RangeInclusive<u16>,
+    pub(crate) min_requests: u64,
     /// For a latency objective given off the histogram's bounds: the bound asked for.
     latency_asked: Option<Duration>,
 }
@@ -392,6 +393,7 @@ impl Slo {
             window: Duration::from_secs(30 * 24 * 3600),
             route: None,
             error_statuses: 500..=599,
+            min_requests: DEFAULT_MIN_REQUESTS,
             latency_asked: None,
         }
     }
@@ -413,6 +415,7 @@ impl Slo {
             window: Duration::from_secs(30 * 24 * 3600),
             route: None,
             error_statuses: 500..=599,
+            min_requests: DEFAULT_MIN_REQUESTS,
             latency_asked: Some(bound),
         }
     }
@@ -433,6 +436,14 @@ impl Slo {
     /// or `latency-<ms>ms`.
     pub fn name(mut self, name: impl Into<String>) -> Slo {
         self.name = name.into();
+        self
+    }
+
+    /// Burn-rate alerts stay quiet while the short window holds fewer requests
+    /// than this (default [`DEFAULT_MIN_REQUESTS`]): one failure among the first
+    /// three requests burns any budget 30 times too fast, and pages nobody.
+    pub fn min_requests(mut self, n: u64) -> Slo {
+        self.min_requests = n;
         self
     }
 

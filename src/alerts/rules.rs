@@ -181,11 +181,21 @@ pub(crate) fn burn_expr(slo: &Slo, k: usize) -> String {
     // Rounded: 14.4 * (1 - 0.999) is 0.014400000000000013 in binary.
     let threshold = format!("{:.12}", factor * slo.budget());
     let threshold = threshold.trim_end_matches('0').trim_end_matches('.');
-    format!(
+    let mut e = format!(
         "{} > {threshold} and {} > {threshold}",
         bad_ratio(slo, long),
         bad_ratio(slo, short)
-    )
+    );
+    if slo.min_requests > 0 {
+        let all = selector(slo.route.as_deref(), None);
+        let _ = write!(
+            e,
+            " and sum(increase({COUNT}{all}[{}])) >= {}",
+            promql_duration(short),
+            slo.min_requests
+        );
+    }
+    e
 }
 
 /// The rules file (YAML) for `alerts` and the burn-rate alerts of `slos`, one
@@ -308,8 +318,9 @@ mod tests {
         let slo = Slo::latency(Duration::from_secs(1), 0.99);
         assert!(bad_ratio(&slo, Duration::from_secs(300)).contains("le=\"1.0\""));
         let expr = burn_expr(&Slo::availability(0.999), 0);
+        assert!(expr.contains("[1h]))) > 0.0144 and"), "{expr}");
         assert!(
-            expr.contains("[1h]))) > 0.0144 and") && expr.ends_with("[5m]))) > 0.0144"),
+            expr.ends_with("[5m]))) > 0.0144 and sum(increase(http_server_request_duration_seconds_count[5m])) >= 10"),
             "{expr}"
         );
         let text = rules_file("svc", &[], &[Slo::availability(0.999)]);
