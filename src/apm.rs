@@ -8,6 +8,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{RandomIdGenerator, SdkTracer, SdkTracerProvider, SpanExporter};
 
 use crate::alerts::engine::Alerts;
+use crate::alerts::notify::{Dispatcher, Notifier};
 use crate::alerts::{self, Alert, Slo};
 use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
 use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
@@ -71,6 +72,7 @@ pub struct ApmBuilder {
     redact_fields: Vec<String>,
     alerts: Vec<Alert>,
     slos: Vec<Slo>,
+    notifiers: Vec<Notifier>,
     alert_interval: Option<Duration>,
 }
 
@@ -366,6 +368,11 @@ impl Apm {
             stats.metric_exports = p.counters.exported.load(std::sync::atomic::Ordering::Relaxed);
             stats.metric_export_failures = p.counters.failed.load(std::sync::atomic::Ordering::Relaxed);
         }
+        if let Some(d) = self.inner.alerts.as_ref().and_then(|a| a.notify.as_ref()) {
+            stats.alert_notifications_sent = d.counters.sent.load(std::sync::atomic::Ordering::Relaxed);
+            stats.alert_notifications_failed = d.counters.failed.load(std::sync::atomic::Ordering::Relaxed);
+            stats.alert_notifications_dropped = d.counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        }
         stats
     }
 
@@ -630,6 +637,14 @@ impl ApmBuilder {
         self
     }
 
+    /// Sends alerts that fire and resolve to `notifier` ([`Notifier::alertmanager`],
+    /// [`Notifier::webhook`]), from a background thread with a bounded queue,
+    /// retries and backoff; failures are counted in [`Apm::stats`] and logged.
+    pub fn notify(mut self, notifier: Notifier) -> Self {
+        self.notifiers.push(notifier);
+        self
+    }
+
     /// How often the alert rules are evaluated (default 15 s, as Prometheus'
     /// usual `evaluation_interval`).
     pub fn alert_interval(mut self, interval: Duration) -> Self {
@@ -718,12 +733,16 @@ impl ApmBuilder {
                 });
             }
             (Some(m), false) => {
+                let notify = (!self.notifiers.is_empty())
+                    .then(|| Dispatcher::start(self.notifiers.clone(), Arc::clone(&logs)))
+                    .transpose()?;
                 let a = Alerts::new(
                     rules,
                     self.slos.clone(),
                     Arc::clone(m),
                     Arc::clone(&logs),
                     Arc::clone(&service),
+                    notify,
                 );
                 alerts::engine::spawn(&a, interval).map_err(|e| ConfigError::Worker(e.to_string()))?;
                 Some(a)

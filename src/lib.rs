@@ -182,7 +182,8 @@
 //! off the request path, over the counts the request metrics already keep.
 //! States are Prometheus' (inactive, pending, firing, resolved); each change is a
 //! log line; [`Apm::alerts_router`] serves them, with every SLO's error budget
-//! left and burn rates, as JSON. For a fleet, [`Apm::prometheus_rules`] writes
+//! left and burn rates, as JSON. [`ApmBuilder::notify`] sends alerts that fire
+//! and resolve to Alertmanager or a webhook ([`Notifier`]). For a fleet, [`Apm::prometheus_rules`] writes
 //! the same rules, and the SRE workbook's multiwindow burn-rate alerts of each
 //! SLO, as a Prometheus rules file; `promtool test rules` fires them at the same
 //! evaluations as the in-process engine (a test checks it minute by minute).
@@ -245,7 +246,7 @@
 //! - [`ApmLayer`]: the server layer ([`ApmService`], [`ResponseFuture`]).
 //! - [`ClientLayer`]: the client layer for outgoing calls.
 //! - [`JsonLayer`], [`LogOutput`], [`Rotation`]: structured logs.
-//! - [`Alert`], [`Slo`], [`AlertState`], [`Threshold`]: alerts and SLOs.
+//! - [`Alert`], [`Slo`], [`Notifier`], [`AlertState`], [`Threshold`]: alerts and SLOs.
 //! - [`Shutdown`] ([`ShutdownBuilder`], [`ShutdownLayer`], [`Worker`], [`Phase`]):
 //!   graceful shutdown.
 //! - [`Sampler`], [`Protocol`], [`TelemetryStats`], [`ConfigError`], [`ExportError`].
@@ -274,6 +275,7 @@ mod redact;
 mod shutdown;
 mod trace;
 
+pub use alerts::notify::Notifier;
 pub use alerts::{Alert, AlertState, DEFAULT_MIN_REQUESTS, Slo, Threshold};
 pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};

@@ -15,6 +15,8 @@ use crate::logs::json::{JsonLine, escape_into, write_timestamp};
 use crate::logs::writer::LogWriter;
 use crate::metrics::Metrics;
 
+use super::notify::{Dispatcher, Notice};
+
 /// One series of the request metrics, as the rules read it.
 #[derive(Debug, Clone)]
 pub(crate) struct SeriesView {
@@ -524,6 +526,7 @@ pub(crate) struct Alerts {
     metrics: Arc<Metrics>,
     log: Arc<LogWriter>,
     service: Arc<str>,
+    pub(crate) notify: Option<Dispatcher>,
     started: Instant,
     stop: Mutex<bool>,
     wake: Condvar,
@@ -537,6 +540,7 @@ impl Alerts {
         metrics: Arc<Metrics>,
         log: Arc<LogWriter>,
         service: Arc<str>,
+        notify: Option<Dispatcher>,
     ) -> Arc<Alerts> {
         let engine = Engine::new(alerts, slos, &Snapshot::of(&metrics));
         Arc::new(Alerts {
@@ -544,6 +548,7 @@ impl Alerts {
             metrics,
             log,
             service,
+            notify,
             started: Instant::now(),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -565,6 +570,65 @@ impl Alerts {
         for change in &changes {
             self.log_change(&engine, change, wall);
         }
+        if let Some(d) = &self.notify {
+            let batch = self.notices(&engine, &changes);
+            if !batch.is_empty() {
+                d.send(batch);
+            }
+        }
+    }
+
+    /// Every firing alert, and those that resolved in `changes`.
+    fn notices(&self, engine: &Engine, changes: &[Transition]) -> Vec<Notice> {
+        let resolved = |source: Source| {
+            changes
+                .iter()
+                .any(|c| c.source == source && c.from == AlertState::Firing && c.to == AlertState::Inactive)
+        };
+        let service = ("service".to_owned(), self.service.to_string());
+        let mut out = Vec::new();
+        for (i, r) in engine.rules.iter().enumerate() {
+            let firing = r.status.state == AlertState::Firing;
+            if !firing && !resolved(Source::Rule(i)) {
+                continue;
+            }
+            let mut labels = vec![("alertname".to_owned(), r.alert.name.clone())];
+            labels.extend(r.alert.labels.iter().cloned());
+            labels.push(service.clone());
+            let mut annotations = r.alert.annotations.clone();
+            if let Some(v) = r.value.filter(|v| v.is_finite()) {
+                annotations.push(("value".into(), number(v)));
+            }
+            out.push(Notice {
+                labels,
+                annotations,
+                starts_at: r.status.fired_at.unwrap_or(SystemTime::UNIX_EPOCH),
+                resolved_at: (!firing).then_some(r.status.resolved_at).flatten(),
+            });
+        }
+        for (i, s) in engine.slos.iter().enumerate() {
+            for (k, status) in s.alerts.iter().enumerate() {
+                let firing = status.state == AlertState::Firing;
+                if !firing && !resolved(Source::Burn(i, k)) {
+                    continue;
+                }
+                let (severity, _, long, short) = BURN_ALERTS[k];
+                out.push(Notice {
+                    labels: vec![
+                        ("alertname".to_owned(), super::rules::BURN_ALERT_NAME.to_owned()),
+                        ("slo".to_owned(), s.slo.name.clone()),
+                        ("severity".to_owned(), severity.to_owned()),
+                        ("long_window".to_owned(), super::rules::promql_duration(long)),
+                        ("short_window".to_owned(), super::rules::promql_duration(short)),
+                        service.clone(),
+                    ],
+                    annotations: vec![("summary".to_owned(), super::rules::burn_summary(&s.slo, k))],
+                    starts_at: status.fired_at.unwrap_or(SystemTime::UNIX_EPOCH),
+                    resolved_at: (!firing).then_some(status.resolved_at).flatten(),
+                });
+            }
+        }
+        out
     }
 
     fn log_change(&self, engine: &Engine, change: &Transition, wall: SystemTime) {

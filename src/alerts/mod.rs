@@ -46,6 +46,7 @@
 //! ```
 
 pub(crate) mod engine;
+pub(crate) mod notify;
 pub(crate) mod rules;
 pub(crate) mod window;
 

@@ -36,6 +36,12 @@ pub struct TelemetryStats {
     pub log_records_exported: u64,
     /// Log records dropped (queue full) or lost in failed OTLP exports.
     pub log_records_dropped: u64,
+    /// Alert notifications a notifier accepted (one per POST).
+    pub alert_notifications_sent: u64,
+    /// Alert notifications that failed after their retries.
+    pub alert_notifications_failed: u64,
+    /// Batches of alerts dropped because the notification queue was full.
+    pub alert_notifications_dropped: u64,
 }
 
 impl TelemetryStats {
@@ -50,13 +56,7 @@ impl TelemetryStats {
             spans_dropped_queue_full: c.queue_full.load(Ordering::Relaxed),
             spans_dropped_export_failed: c.export_failed.load(Ordering::Relaxed),
             export_failures: c.failed_exports.load(Ordering::Relaxed),
-            metric_exports: 0,
-            metric_export_failures: 0,
-            log_lines_written: 0,
-            log_lines_dropped_queue_full: 0,
-            log_lines_dropped_write_failed: 0,
-            log_records_exported: 0,
-            log_records_dropped: 0,
+            ..TelemetryStats::default()
         }
     }
 }

@@ -1,0 +1,453 @@
+//! Notifications: alerts that fire or resolve are sent from one background
+//! thread, never from the request path or the evaluation, through a bounded
+//! queue (a full queue drops the batch and counts it), with retries and backoff;
+//! failures are counted and logged.
+//!
+//! - [`Notifier::alertmanager`]: Alertmanager's API v2 (`POST /api/v2/alerts`),
+//!   firing alerts re-sent every [`Notifier::repeat_interval`] with an `endsAt`
+//!   four intervals ahead (as Prometheus does, so that Alertmanager resolves them
+//!   itself if this process goes away), resolved ones with `endsAt` the time
+//!   they resolved.
+//! - [`Notifier::webhook`]: a JSON body in the format of Alertmanager's webhook
+//!   (`version` 4: `status`, `commonLabels`, `alerts` with `startsAt`/`endsAt`,
+//!   `fingerprint`), when an alert fires or resolves and every repeat interval
+//!   while one fires, so receivers written for Alertmanager read it as it is.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use opentelemetry_http::HttpClient;
+use opentelemetry_http::hyper::HyperClient;
+
+use crate::config::ConfigError;
+use crate::logs::json::{JsonLine, escape_into, write_timestamp};
+use crate::logs::writer::LogWriter;
+
+/// Batches of notices waiting for the notification thread.
+const QUEUE: usize = 64;
+
+/// Where alerts are sent. Add with [`crate::ApmBuilder::notify`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Notifier {
+    target: Target,
+    url: String,
+    repeat: Duration,
+    timeout: Duration,
+    retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Alertmanager,
+    Webhook,
+}
+
+impl Notifier {
+    /// An Alertmanager at `base` (for example `http://127.0.0.1:9093`): alerts go
+    /// to `POST {base}/api/v2/alerts`. Firing alerts are re-sent every minute by
+    /// default.
+    pub fn alertmanager(base: impl Into<String>) -> Notifier {
+        let base: String = base.into();
+        Notifier {
+            target: Target::Alertmanager,
+            url: format!("{}/api/v2/alerts", base.trim_end_matches('/')),
+            repeat: Duration::from_secs(60),
+            timeout: Duration::from_secs(5),
+            retries: 3,
+        }
+    }
+
+    /// Any HTTP endpoint that takes Alertmanager's webhook payload (`POST url`).
+    /// Alerts still firing are sent again every 4 hours by default.
+    pub fn webhook(url: impl Into<String>) -> Notifier {
+        Notifier {
+            target: Target::Webhook,
+            url: url.into(),
+            repeat: Duration::from_secs(4 * 3600),
+            timeout: Duration::from_secs(5),
+            retries: 3,
+        }
+    }
+
+    /// How often alerts that keep firing are sent again.
+    pub fn repeat_interval(mut self, interval: Duration) -> Notifier {
+        self.repeat = interval;
+        self
+    }
+
+    /// How long one attempt may take (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Notifier {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Attempts after the first one, with backoff doubling from 250 ms (default 3).
+    pub fn retries(mut self, retries: u32) -> Notifier {
+        self.retries = retries;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .map_err(|_| ConfigError::setting("notify", &self.url, "an http:// or https:// URL"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(ConfigError::setting("notify", &self.url, "an http:// or https:// URL"));
+        }
+        if self.repeat.is_zero() {
+            return Err(ConfigError::setting(
+                "notify",
+                "repeat_interval 0s",
+                "a duration above zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One alert as notifications carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Notice {
+    /// `alertname` first, then the alert's labels.
+    pub(crate) labels: Vec<(String, String)>,
+    pub(crate) annotations: Vec<(String, String)>,
+    pub(crate) starts_at: SystemTime,
+    /// Set when the alert resolved.
+    pub(crate) resolved_at: Option<SystemTime>,
+}
+
+impl Notice {
+    fn key(&self) -> String {
+        let mut k = String::new();
+        for (name, value) in &self.labels {
+            k.push_str(name);
+            k.push('\u{1}');
+            k.push_str(value);
+            k.push('\u{2}');
+        }
+        k
+    }
+
+    /// FNV-1a of the labels, as a stable id.
+    fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.key().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// Counters of the notifications.
+#[derive(Debug, Default)]
+pub(crate) struct NotifyCounters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+/// The evaluation's side of the notification thread.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    tx: SyncSender<Vec<Notice>>,
+    pub(crate) counters: Arc<NotifyCounters>,
+}
+
+impl Dispatcher {
+    /// Starts the notification thread for `notifiers`.
+    pub(crate) fn start(notifiers: Vec<Notifier>, log: Arc<LogWriter>) -> Result<Dispatcher, ConfigError> {
+        for n in &notifiers {
+            n.validate()?;
+        }
+        let (tx, rx) = sync_channel::<Vec<Notice>>(QUEUE);
+        let counters = Arc::new(NotifyCounters::default());
+        let c = Arc::clone(&counters);
+        crate::export::spawn_export_thread(
+            "tower-apm-notify",
+            move |_rt| {
+                let states = notifiers
+                    .into_iter()
+                    .map(|n| State {
+                        client: HyperClient::with_default_connector(n.timeout, None),
+                        notifier: n,
+                        last_post: None,
+                        firing: BTreeSet::new(),
+                    })
+                    .collect::<Vec<_>>();
+                Ok(states)
+            },
+            move |rt, states| run(rt, states, &rx, &c, &log),
+        )?;
+        Ok(Dispatcher { tx, counters })
+    }
+
+    /// Hands the alerts of one evaluation (every firing alert and those that
+    /// just resolved) to the thread; never waits.
+    pub(crate) fn send(&self, batch: Vec<Notice>) {
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+struct State {
+    notifier: Notifier,
+    client: HyperClient,
+    last_post: Option<Instant>,
+    /// The firing alerts last sent.
+    firing: BTreeSet<String>,
+}
+
+fn run(
+    rt: &tokio::runtime::Runtime,
+    mut states: Vec<State>,
+    rx: &Receiver<Vec<Notice>>,
+    counters: &NotifyCounters,
+    log: &LogWriter,
+) {
+    while let Ok(batch) = rx.recv() {
+        let now = SystemTime::now();
+        for state in &mut states {
+            let firing: BTreeSet<String> = batch
+                .iter()
+                .filter(|n| n.resolved_at.is_none())
+                .map(Notice::key)
+                .collect();
+            let resolved = batch.iter().any(|n| n.resolved_at.is_some());
+            let due = state.last_post.is_none_or(|t| t.elapsed() >= state.notifier.repeat);
+            let changed = resolved || !firing.is_subset(&state.firing);
+            if !(changed || (due && !firing.is_empty())) {
+                state.firing = firing;
+                continue;
+            }
+            let body = match state.notifier.target {
+                Target::Alertmanager => alertmanager_body(&batch, now, state.notifier.repeat),
+                Target::Webhook => webhook_body(&batch),
+            };
+            match rt.block_on(post(state, body)) {
+                Ok(()) => {
+                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                    state.last_post = Some(Instant::now());
+                    state.firing = firing;
+                }
+                Err(e) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    let mut line = JsonLine::in_buffer(log.buffer());
+                    line.raw_field("timestamp", |b| write_timestamp(SystemTime::now(), b));
+                    line.str_field("level", "WARN");
+                    line.str_field("target", "tower_apm::alerts");
+                    line.str_field("message", "alert notification failed");
+                    line.str_field("url", &state.notifier.url);
+                    line.str_field("error", &e);
+                    log.write(line.finish());
+                }
+            }
+        }
+    }
+}
+
+/// One POST with retries; the last error.
+async fn post(state: &State, body: Vec<u8>) -> Result<(), String> {
+    let body = Bytes::from(body);
+    let mut backoff = Duration::from_millis(250);
+    let mut last = String::new();
+    for attempt in 0..=state.notifier.retries {
+        if attempt > 0 {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        let request = http::Request::post(&state.notifier.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .map_err(|e| e.to_string())?;
+        match state.client.send_bytes(request).await {
+            Ok(res) if res.status().is_success() => return Ok(()),
+            Ok(res) => {
+                last = format!(
+                    "{} answered {}: {}",
+                    state.notifier.url,
+                    res.status(),
+                    String::from_utf8_lossy(res.body())
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                );
+                // A request the receiver refuses will be refused again.
+                if res.status().is_client_error() {
+                    break;
+                }
+            }
+            Err(e) => last = format!("{}: {e}", state.notifier.url),
+        }
+    }
+    Err(last)
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape_into(s.as_bytes(), out);
+    out.push(b'"');
+}
+
+fn time(out: &mut Vec<u8>, t: SystemTime) {
+    out.push(b'"');
+    write_timestamp(t, out);
+    out.push(b'"');
+}
+
+fn object(out: &mut Vec<u8>, kv: &[(String, String)]) {
+    out.push(b'{');
+    for (i, (k, v)) in kv.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, k);
+        out.push(b':');
+        string(out, v);
+    }
+    out.push(b'}');
+}
+
+/// Alertmanager API v2: a list of alerts.
+pub(crate) fn alertmanager_body(batch: &[Notice], now: SystemTime, repeat: Duration) -> Vec<u8> {
+    let mut out = b"[".to_vec();
+    for (i, n) in batch.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"labels\":");
+        object(&mut out, &n.labels);
+        out.extend_from_slice(b",\"annotations\":");
+        object(&mut out, &n.annotations);
+        out.extend_from_slice(b",\"startsAt\":");
+        time(&mut out, n.starts_at);
+        out.extend_from_slice(b",\"endsAt\":");
+        time(&mut out, n.resolved_at.unwrap_or(now + 4 * repeat));
+        out.extend_from_slice(b",\"generatorURL\":\"\"}");
+    }
+    out.push(b']');
+    out
+}
+
+/// Alertmanager's webhook payload (version 4).
+pub(crate) fn webhook_body(batch: &[Notice]) -> Vec<u8> {
+    let firing = batch.iter().any(|n| n.resolved_at.is_none());
+    let common: Vec<(String, String)> = batch.first().map_or_else(Vec::new, |first| {
+        first
+            .labels
+            .iter()
+            .filter(|kv| batch.iter().all(|n| n.labels.contains(kv)))
+            .cloned()
+            .collect()
+    });
+    let mut out = b"{\"version\":\"4\",\"groupKey\":".to_vec();
+    string(
+        &mut out,
+        &format!(
+            "tower-apm:{}",
+            common
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    );
+    out.extend_from_slice(b",\"truncatedAlerts\":0,\"status\":");
+    string(&mut out, if firing { "firing" } else { "resolved" });
+    out.extend_from_slice(b",\"receiver\":\"tower-apm\",\"groupLabels\":{},\"commonLabels\":");
+    object(&mut out, &common);
+    out.extend_from_slice(b",\"commonAnnotations\":{},\"externalURL\":\"\",\"alerts\":[");
+    for (i, n) in batch.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"status\":");
+        string(&mut out, if n.resolved_at.is_some() { "resolved" } else { "firing" });
+        out.extend_from_slice(b",\"labels\":");
+        object(&mut out, &n.labels);
+        out.extend_from_slice(b",\"annotations\":");
+        object(&mut out, &n.annotations);
+        out.extend_from_slice(b",\"startsAt\":");
+        time(&mut out, n.starts_at);
+        out.extend_from_slice(b",\"endsAt\":");
+        match n.resolved_at {
+            Some(t) => time(&mut out, t),
+            None => out.extend_from_slice(b"\"0001-01-01T00:00:00Z\""),
+        }
+        out.extend_from_slice(b",\"generatorURL\":\"\",\"fingerprint\":");
+        string(&mut out, &n.fingerprint());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(resolved: bool) -> Notice {
+        Notice {
+            labels: vec![
+                ("alertname".into(), "HighErrorRate".into()),
+                ("severity".into(), "page".into()),
+            ],
+            annotations: vec![("summary".into(), "5xx over 5%".into())],
+            starts_at: SystemTime::UNIX_EPOCH,
+            resolved_at: resolved.then_some(SystemTime::UNIX_EPOCH + Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn alertmanager_gets_ends_at_ahead_while_firing_and_the_resolve_time_after() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(30);
+        let body = String::from_utf8(alertmanager_body(&[notice(false)], now, Duration::from_secs(60))).unwrap();
+        assert_eq!(
+            body,
+            "[{\"labels\":{\"alertname\":\"HighErrorRate\",\"severity\":\"page\"},\"annotations\":{\"summary\":\"5xx over 5%\"},\
+             \"startsAt\":\"1970-01-01T00:00:00.000000Z\",\"endsAt\":\"1970-01-01T00:04:30.000000Z\",\"generatorURL\":\"\"}]"
+        );
+        let body = String::from_utf8(alertmanager_body(&[notice(true)], now, Duration::from_secs(60))).unwrap();
+        assert!(body.contains("\"endsAt\":\"1970-01-01T00:01:00.000000Z\""), "{body}");
+    }
+
+    #[test]
+    fn webhook_body_follows_alertmanagers_payload() {
+        let body = String::from_utf8(webhook_body(&[notice(true)])).unwrap();
+        assert!(body.starts_with("{\"version\":\"4\",\"groupKey\":"), "{body}");
+        assert!(
+            body.contains("\"status\":\"resolved\",\"receiver\":\"tower-apm\""),
+            "{body}"
+        );
+        assert!(
+            body.contains("\"commonLabels\":{\"alertname\":\"HighErrorRate\",\"severity\":\"page\"}"),
+            "{body}"
+        );
+        assert!(body.contains("\"endsAt\":\"1970-01-01T00:01:00.000000Z\""), "{body}");
+        assert!(body.contains("\"fingerprint\":\""), "{body}");
+    }
+
+    #[test]
+    fn notifier_urls_are_checked() {
+        assert!(Notifier::alertmanager("http://127.0.0.1:9093").validate().is_ok());
+        assert_eq!(
+            Notifier::alertmanager("http://am:9093/").url,
+            "http://am:9093/api/v2/alerts"
+        );
+        let err = Notifier::webhook("hooks.example/ops")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("an http:// or https:// URL"), "{err}");
+    }
+}
