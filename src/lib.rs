@@ -183,7 +183,8 @@
 //! States are Prometheus' (inactive, pending, firing, resolved); each change is a
 //! log line; [`Apm::alerts_router`] serves them, with every SLO's error budget
 //! left and burn rates, as JSON. [`ApmBuilder::notify`] sends alerts that fire
-//! and resolve to Alertmanager or a webhook ([`Notifier`]). For a fleet, [`Apm::prometheus_rules`] writes
+//! and resolve to Alertmanager, a webhook or (feature `email`) an SMTP server
+//! ([`Notifier`]). For a fleet, [`Apm::prometheus_rules`] writes
 //! the same rules, and the SRE workbook's multiwindow burn-rate alerts of each
 //! SLO, as a Prometheus rules file; `promtool test rules` fires them at the same
 //! evaluations as the in-process engine (a test checks it minute by minute).
@@ -257,8 +258,11 @@
 //!   (`Apm::otlp_logs_layer`, included by [`Apm::init_logging`]), carrying the
 //!   trace and span ids of their request, to the collector that gets the spans
 //!   (`OTEL_LOGS_EXPORTER`, `OTEL_EXPORTER_OTLP_LOGS_*`).
+//! - `email`: alert notifications by email (`Notifier::email`, `Smtp`), through
+//!   `lettre` with rustls.
 //! - `interop`: tests against real servers (a real OpenTelemetry collector,
-//!   Prometheus and promtool, the W3C trace-context suite); `.ci/run` installs them.
+//!   Prometheus and promtool, Alertmanager, an SMTP server, the W3C trace-context
+//!   suite); `.ci/run` installs them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -276,6 +280,8 @@ mod shutdown;
 mod trace;
 
 pub use alerts::notify::Notifier;
+#[cfg(feature = "email")]
+pub use alerts::notify::Smtp;
 pub use alerts::{Alert, AlertState, DEFAULT_MIN_REQUESTS, Slo, Threshold};
 pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};

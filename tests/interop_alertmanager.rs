@@ -2,11 +2,14 @@
 //! `.ci/interop-setup` installs and names in `TOWER_APM_ALERTMANAGER`): real 5xx
 //! traffic through the layer fires an error-rate alert, which reaches
 //! Alertmanager's API and, routed by Alertmanager, a webhook receiver; healthy
-//! traffic resolves it, and Alertmanager sends the resolution on. The same alerts
-//! also go straight to the webhook receiver through `Notifier::webhook`.
+//! traffic resolves it, and Alertmanager sends the resolution on, to the webhook
+//! and by email through a real SMTP server (`aiosmtpd`). The same alerts also go
+//! straight to the webhook receiver through `Notifier::webhook`.
 
 #![cfg(feature = "interop")]
 
+#[path = "support/smtp.rs"]
+mod smtp;
 mod support;
 
 use std::net::SocketAddr;
@@ -40,18 +43,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts Alertmanager routing every alert to `hook`, grouped by name, sent at
-/// once and re-grouped every second; waits for `/-/ready`.
-async fn start_alertmanager(dir: &std::path::Path, hook: &str) -> Alertmanager {
+/// Starts Alertmanager routing every alert to the webhook `hook` and by email
+/// through the SMTP server on `smtp_port`, grouped by name, sent at once and
+/// re-grouped every second; waits for `/-/ready`.
+async fn start_alertmanager(dir: &std::path::Path, hook: &str, smtp_port: u16) -> Alertmanager {
     let bin = std::env::var("TOWER_APM_ALERTMANAGER")
         .expect("TOWER_APM_ALERTMANAGER: run .ci/interop-setup and source target/interop/env");
     let config = dir.join("alertmanager.yml");
     std::fs::write(
         &config,
         format!(
-            "route:\n  receiver: hook\n  group_by: ['alertname']\n  group_wait: 0s\n  group_interval: 1s\n  \
-             repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: {hook}\n        \
-             send_resolved: true\n"
+            "global:\n  smtp_smarthost: '127.0.0.1:{smtp_port}'\n  smtp_from: 'alertmanager@example.com'\n  \
+             smtp_require_tls: false\n\
+             route:\n  receiver: hook\n  group_by: ['alertname']\n  group_wait: 0s\n  group_interval: 1s\n  \
+             repeat_interval: 1h\n  routes:\n    - receiver: hook\n      continue: true\n    - receiver: mail\n\
+             receivers:\n  - name: hook\n    webhook_configs:\n      - url: {hook}\n        send_resolved: true\n  \
+             - name: mail\n    email_configs:\n      - to: 'oncall@example.com'\n        send_resolved: true\n"
         ),
     )
     .unwrap();
@@ -148,7 +155,8 @@ async fn an_error_rate_alert_reaches_alertmanager_and_its_receiver_then_resolves
     let hooks_addr: SocketAddr = hooks_listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(hooks_listener, hooks).await.unwrap() });
 
-    let am = start_alertmanager(&dir, &format!("http://{hooks_addr}/am")).await;
+    let mut mail = smtp::SmtpServer::start().await;
+    let am = start_alertmanager(&dir, &format!("http://{hooks_addr}/am"), mail.port).await;
 
     let apm = Apm::builder()
         .environment([
@@ -210,6 +218,10 @@ async fn an_error_rate_alert_reaches_alertmanager_and_its_receiver_then_resolves
     let routed = next_with_status(&mut am_rx, "firing").await;
     assert_eq!(routed["alerts"][0]["labels"]["alertname"], "HighErrorRate");
     assert_eq!(routed["commonLabels"]["service"], "checkout");
+    // And by email, through the real SMTP server.
+    let email = mail.next_message("Subject: [FIRING:1] HighErrorRate").await;
+    assert!(email.contains("To: oncall@example.com"), "{email}");
+    assert!(email.contains("more than 5% of requests fail"), "{email}");
 
     // Healthy traffic: 10 of 260 is under 5%: resolved, everywhere.
     hit("/ok", 200).await;
@@ -219,6 +231,7 @@ async fn an_error_rate_alert_reaches_alertmanager_and_its_receiver_then_resolves
     assert_eq!(direct["alerts"][0]["status"], "resolved");
     let routed = next_with_status(&mut am_rx, "resolved").await;
     assert_eq!(routed["alerts"][0]["labels"]["alertname"], "HighErrorRate");
+    mail.next_message("Subject: [RESOLVED] HighErrorRate").await;
     alertmanager_alerts(&am, |a| !a.iter().any(|x| x["labels"]["alertname"] == "HighErrorRate")).await;
 
     let stats = apm.stats();

@@ -41,10 +41,147 @@ pub struct Notifier {
     retries: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
     Alertmanager,
     Webhook,
+    #[cfg(feature = "email")]
+    Email(Box<Smtp>),
+}
+
+/// How an SMTP connection is secured.
+#[cfg(feature = "email")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    Plain,
+    StartTls,
+    Tls,
+}
+
+/// An SMTP server and the addresses of alert emails, for [`Notifier::email`]
+/// (feature `email`). STARTTLS on port 587 unless told otherwise.
+///
+/// ```
+/// use tower_apm::{Notifier, Smtp};
+///
+/// let email = Notifier::email(
+///     Smtp::new("smtp.example.com")
+///         .credentials("alerts", "secret")
+///         .from("alerts@example.com")
+///         .to("oncall@example.com"),
+/// );
+/// # let _ = email;
+/// ```
+#[cfg(feature = "email")]
+#[derive(Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Smtp {
+    host: String,
+    port: Option<u16>,
+    security: Security,
+    credentials: Option<(String, String)>,
+    from: String,
+    to: Vec<String>,
+}
+
+#[cfg(feature = "email")]
+impl std::fmt::Debug for Smtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smtp")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+#[cfg(feature = "email")]
+impl Smtp {
+    /// The server at `host`, with STARTTLS on port 587.
+    pub fn new(host: impl Into<String>) -> Smtp {
+        Smtp {
+            host: host.into(),
+            port: None,
+            security: Security::StartTls,
+            credentials: None,
+            from: String::new(),
+            to: Vec::new(),
+        }
+    }
+
+    /// The port (default 587 for STARTTLS, 465 for TLS, 25 for plain).
+    pub fn port(mut self, port: u16) -> Smtp {
+        self.port = Some(port);
+        self
+    }
+
+    /// No encryption (a relay on the same host or network only).
+    pub fn plain(mut self) -> Smtp {
+        self.security = Security::Plain;
+        self
+    }
+
+    /// STARTTLS (the default): the connection is upgraded to TLS, or refused.
+    pub fn starttls(mut self) -> Smtp {
+        self.security = Security::StartTls;
+        self
+    }
+
+    /// TLS from the first byte (SMTPS).
+    pub fn tls(mut self) -> Smtp {
+        self.security = Security::Tls;
+        self
+    }
+
+    /// User and password for SMTP authentication.
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Smtp {
+        self.credentials = Some((user.into(), password.into()));
+        self
+    }
+
+    /// The sender address.
+    pub fn from(mut self, address: impl Into<String>) -> Smtp {
+        self.from = address.into();
+        self
+    }
+
+    /// A recipient (call again for more).
+    pub fn to(mut self, address: impl Into<String>) -> Smtp {
+        self.to.push(address.into());
+        self
+    }
+
+    fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(match self.security {
+            Security::Plain => 25,
+            Security::StartTls => 587,
+            Security::Tls => 465,
+        })
+    }
+
+    fn transport(&self, timeout: Duration) -> Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, String> {
+        use lettre::AsyncSmtpTransport;
+        let builder = match self.security {
+            Security::Plain => AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(&self.host),
+            Security::StartTls => {
+                AsyncSmtpTransport::<lettre::Tokio1Executor>::starttls_relay(&self.host).map_err(|e| e.to_string())?
+            }
+            Security::Tls => {
+                AsyncSmtpTransport::<lettre::Tokio1Executor>::relay(&self.host).map_err(|e| e.to_string())?
+            }
+        };
+        let mut builder = builder.port(self.port_or_default()).timeout(Some(timeout));
+        if let Some((user, password)) = &self.credentials {
+            builder = builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
+                user.clone(),
+                password.clone(),
+            ));
+        }
+        Ok(builder.build())
+    }
 }
 
 impl Notifier {
@@ -74,6 +211,20 @@ impl Notifier {
         }
     }
 
+    /// Email through `smtp` (feature `email`): one message when alerts fire or
+    /// resolve, and every 4 hours by default while they keep firing.
+    #[cfg(feature = "email")]
+    pub fn email(smtp: Smtp) -> Notifier {
+        let url = format!("smtp://{}:{}", smtp.host, smtp.port_or_default());
+        Notifier {
+            target: Target::Email(Box::new(smtp)),
+            url,
+            repeat: Duration::from_secs(4 * 3600),
+            timeout: Duration::from_secs(10),
+            retries: 3,
+        }
+    }
+
     /// How often alerts that keep firing are sent again.
     pub fn repeat_interval(mut self, interval: Duration) -> Notifier {
         self.repeat = interval;
@@ -93,6 +244,36 @@ impl Notifier {
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.repeat.is_zero() {
+            return Err(ConfigError::setting(
+                "notify",
+                "repeat_interval 0s",
+                "a duration above zero",
+            ));
+        }
+        #[cfg(feature = "email")]
+        if let Target::Email(smtp) = &self.target {
+            for address in std::iter::once(&smtp.from).chain(&smtp.to) {
+                if address.parse::<lettre::message::Mailbox>().is_err() {
+                    return Err(ConfigError::setting(
+                        "notify",
+                        address,
+                        "an email address (from and to)",
+                    ));
+                }
+            }
+            if smtp.to.is_empty() {
+                return Err(ConfigError::setting(
+                    "notify",
+                    "no recipient",
+                    "at least one Smtp::to address",
+                ));
+            }
+            return smtp
+                .transport(self.timeout)
+                .map(|_| ())
+                .map_err(|e| ConfigError::setting("notify", &smtp.host, format!("an SMTP server ({e})")));
+        }
         let uri: http::Uri = self
             .url
             .parse()
@@ -230,11 +411,13 @@ fn run(
                 state.firing = firing;
                 continue;
             }
-            let body = match state.notifier.target {
-                Target::Alertmanager => alertmanager_body(&batch, now, state.notifier.repeat),
-                Target::Webhook => webhook_body(&batch),
+            let sent = match &state.notifier.target {
+                Target::Alertmanager => rt.block_on(post(state, alertmanager_body(&batch, now, state.notifier.repeat))),
+                Target::Webhook => rt.block_on(post(state, webhook_body(&batch))),
+                #[cfg(feature = "email")]
+                Target::Email(smtp) => rt.block_on(email(state, smtp, &batch)),
             };
-            match rt.block_on(post(state, body)) {
+            match sent {
                 Ok(()) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
                     state.last_post = Some(Instant::now());
@@ -291,6 +474,87 @@ async fn post(state: &State, body: Vec<u8>) -> Result<(), String> {
         }
     }
     Err(last)
+}
+
+/// One email for the batch, with retries; the last error.
+#[cfg(feature = "email")]
+async fn email(state: &State, smtp: &Smtp, batch: &[Notice]) -> Result<(), String> {
+    use lettre::AsyncTransport;
+    let transport = smtp.transport(state.notifier.timeout)?;
+    let (subject, body) = email_text(batch);
+    let mut message = lettre::Message::builder()
+        .from(smtp.from.parse().map_err(|e| format!("from: {e}"))?)
+        .subject(subject);
+    for to in &smtp.to {
+        message = message.to(to.parse().map_err(|e| format!("to: {e}"))?);
+    }
+    let message = message.body(body).map_err(|e| e.to_string())?;
+    let mut backoff = Duration::from_millis(250);
+    let mut last = String::new();
+    for attempt in 0..=state.notifier.retries {
+        if attempt > 0 {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        match transport.send(message.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_permanent() => return Err(format!("{}: {e}", state.notifier.url)),
+            Err(e) => last = format!("{}: {e}", state.notifier.url),
+        }
+    }
+    Err(last)
+}
+
+/// The subject and text of an alert email.
+#[cfg(any(feature = "email", test))]
+pub(crate) fn email_text(batch: &[Notice]) -> (String, String) {
+    let firing: Vec<&Notice> = batch.iter().filter(|n| n.resolved_at.is_none()).collect();
+    let label = |n: &Notice, key: &str| {
+        n.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or_else(String::new, |(_, v)| v.clone())
+    };
+    let names: BTreeSet<String> = batch.iter().map(|n| label(n, "alertname")).collect();
+    let service = batch.first().map(|n| label(n, "service")).unwrap_or_default();
+    let subject = if firing.is_empty() {
+        format!(
+            "[RESOLVED] {} ({service})",
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    } else {
+        format!(
+            "[FIRING:{}] {} ({service})",
+            firing.len(),
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
+    let mut body = String::new();
+    for n in batch {
+        let mut since = Vec::new();
+        write_timestamp(n.starts_at, &mut since);
+        let state = match n.resolved_at {
+            None => format!("FIRING since {}", String::from_utf8_lossy(&since)),
+            Some(t) => {
+                let mut at = Vec::new();
+                write_timestamp(t, &mut at);
+                format!(
+                    "RESOLVED at {} (fired {})",
+                    String::from_utf8_lossy(&at),
+                    String::from_utf8_lossy(&since)
+                )
+            }
+        };
+        body.push_str(&format!("{}: {state}\n", label(n, "alertname")));
+        for (k, v) in &n.labels {
+            body.push_str(&format!("  {k} = {v}\n"));
+        }
+        for (k, v) in &n.annotations {
+            body.push_str(&format!("  {k}: {v}\n"));
+        }
+        body.push('\n');
+    }
+    (subject, body)
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
@@ -435,6 +699,20 @@ mod tests {
         );
         assert!(body.contains("\"endsAt\":\"1970-01-01T00:01:00.000000Z\""), "{body}");
         assert!(body.contains("\"fingerprint\":\""), "{body}");
+    }
+
+    #[test]
+    fn email_subject_says_firing_or_resolved_and_the_body_lists_labels() {
+        let (subject, body) = email_text(&[notice(false)]);
+        assert_eq!(subject, "[FIRING:1] HighErrorRate ()");
+        assert!(
+            body.starts_with("HighErrorRate: FIRING since 1970-01-01T00:00:00.000000Z\n"),
+            "{body}"
+        );
+        assert!(body.contains("  severity = page\n  summary: 5xx over 5%\n"), "{body}");
+        let (subject, body) = email_text(&[notice(true)]);
+        assert_eq!(subject, "[RESOLVED] HighErrorRate ()");
+        assert!(body.contains("RESOLVED at 1970-01-01T00:01:00.000000Z"), "{body}");
     }
 
     #[test]
