@@ -736,6 +736,15 @@ impl ApmBuilder {
                 let notify = (!self.notifiers.is_empty())
                     .then(|| Dispatcher::start(self.notifiers.clone(), Arc::clone(&logs)))
                     .transpose()?;
+                let queue = pipeline.as_ref().map(|p| Arc::clone(&p.queue));
+                let log_counters = Arc::clone(&logs.counters);
+                let dropped = Box::new(move || {
+                    let relaxed = std::sync::atomic::Ordering::Relaxed;
+                    let spans = queue.as_ref().map_or(0, |q| {
+                        q.counters.queue_full.load(relaxed) + q.counters.export_failed.load(relaxed)
+                    });
+                    spans + log_counters.dropped_full.load(relaxed) + log_counters.dropped_failed.load(relaxed)
+                });
                 let a = Alerts::new(
                     rules,
                     self.slos.clone(),
@@ -743,6 +752,7 @@ impl ApmBuilder {
                     Arc::clone(&logs),
                     Arc::clone(&service),
                     notify,
+                    dropped,
                 );
                 alerts::engine::spawn(&a, interval).map_err(|e| ConfigError::Worker(e.to_string()))?;
                 Some(a)

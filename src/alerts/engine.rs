@@ -30,6 +30,9 @@ pub(crate) struct SeriesView {
 pub(crate) struct Snapshot {
     pub(crate) series: Vec<SeriesView>,
     pub(crate) in_flight: i64,
+    pub(crate) resident_bytes: Option<u64>,
+    /// Spans and log lines dropped since start.
+    pub(crate) dropped: u64,
 }
 
 impl Snapshot {
@@ -55,12 +58,19 @@ impl Snapshot {
         Snapshot {
             series,
             in_flight: metrics.active().iter().map(|(_, _, n)| n).sum(),
+            resident_bytes: crate::metrics::process::sample().map(|p| p.resident_bytes),
+            dropped: 0,
         }
     }
 
-    /// The totals `alert` looks at.
+    /// The totals `alert` looks at (for dropped telemetry, the drops counted as
+    /// requests).
     fn totals(&self, alert: &Alert) -> Totals {
         let mut t = Totals::default();
+        if alert.measure == Measure::DroppedTelemetry {
+            t.requests = self.dropped;
+            return t;
+        }
         for s in &self.series {
             if alert.route.as_deref().is_some_and(|r| s.route.as_deref() != Some(r)) {
                 continue;
@@ -296,6 +306,7 @@ impl Engine {
             let alert = &rule.alert;
             let (value, enough) = match (alert.measure, rule.ring.as_mut()) {
                 (Measure::InFlight, _) => (Some(snapshot.in_flight as f64), true),
+                (Measure::ResidentMemory, _) => (snapshot.resident_bytes.map(|b| b as f64), true),
                 (measure, Some(ring)) => match ring.advance(now, snapshot.totals(alert)) {
                     None => (None, false),
                     Some((t, span)) => {
@@ -304,7 +315,8 @@ impl Engine {
                             Measure::ErrorRatio => (t.requests > 0).then(|| t.errors as f64 / t.requests as f64),
                             Measure::Latency(q) => t.quantile(q),
                             Measure::RequestRate => Some(t.requests as f64 / span.as_secs_f64()),
-                            Measure::InFlight => None,
+                            Measure::DroppedTelemetry => Some(t.requests as f64),
+                            Measure::InFlight | Measure::ResidentMemory => None,
                         };
                         (value, t.requests >= alert.min_requests)
                     }
@@ -481,6 +493,8 @@ fn measure_name(m: Measure) -> &'static str {
         Measure::Latency(_) => "latency_seconds",
         Measure::RequestRate => "requests_per_second",
         Measure::InFlight => "in_flight",
+        Measure::ResidentMemory => "resident_memory_bytes",
+        Measure::DroppedTelemetry => "dropped_telemetry",
     }
 }
 
@@ -519,6 +533,16 @@ fn pairs(out: &mut Vec<u8>, kv: &[(String, String)]) {
     out.push(b'}');
 }
 
+/// Reads the telemetry dropped since start (the span queue's and the log
+/// writer's counters).
+struct DroppedCount(Box<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for DroppedCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DroppedCount")
+    }
+}
+
 /// The engine shared between its thread and the `Apm` (status, tests).
 #[derive(Debug)]
 pub(crate) struct Alerts {
@@ -527,6 +551,8 @@ pub(crate) struct Alerts {
     log: Arc<LogWriter>,
     service: Arc<str>,
     pub(crate) notify: Option<Dispatcher>,
+    /// Spans and log lines dropped since start.
+    dropped: DroppedCount,
     started: Instant,
     stop: Mutex<bool>,
     wake: Condvar,
@@ -541,14 +567,19 @@ impl Alerts {
         log: Arc<LogWriter>,
         service: Arc<str>,
         notify: Option<Dispatcher>,
+        dropped: Box<dyn Fn() -> u64 + Send + Sync>,
     ) -> Arc<Alerts> {
-        let engine = Engine::new(alerts, slos, &Snapshot::of(&metrics));
+        let dropped = DroppedCount(dropped);
+        let mut start = Snapshot::of(&metrics);
+        start.dropped = (dropped.0)();
+        let engine = Engine::new(alerts, slos, &start);
         Arc::new(Alerts {
             engine: Mutex::new(engine),
             metrics,
             log,
             service,
             notify,
+            dropped,
             started: Instant::now(),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -562,7 +593,8 @@ impl Alerts {
 
     /// One evaluation now; each change of state is logged.
     pub(crate) fn evaluate_now(&self) {
-        let snapshot = Snapshot::of(&self.metrics);
+        let mut snapshot = Snapshot::of(&self.metrics);
+        snapshot.dropped = (self.dropped.0)();
         let now = self.started.elapsed();
         let wall = SystemTime::now();
         let mut engine = self.engine();
@@ -746,7 +778,7 @@ mod tests {
         };
         Snapshot {
             series: vec![series(200, ok), series(500, failed)],
-            in_flight: 0,
+            ..Snapshot::default()
         }
     }
 
@@ -867,6 +899,7 @@ mod tests {
             in_flight: 150,
             ..Snapshot::default()
         };
+        let _ = &mut s;
         let c = e.evaluate(Duration::from_secs(15), wall, &s);
         assert_eq!(states(&c), [(AlertState::Inactive, AlertState::Firing)]);
         s.in_flight = 3;
@@ -924,6 +957,41 @@ mod tests {
             "{json}"
         );
         assert!(json.contains("\"burn_rates\":{\"5m\":0,\"30m\":"), "{json}");
+    }
+
+    #[test]
+    fn dropped_telemetry_counts_losses_over_the_window_and_memory_is_read_now() {
+        let mut e = Engine::new(
+            vec![
+                (
+                    Alert::dropped_telemetry().above(0.0).over(2 * MIN),
+                    Comparison::Above(0.0),
+                ),
+                (Alert::resident_memory().above(1e9), Comparison::Above(1e9)),
+            ],
+            Vec::new(),
+            &Snapshot::default(),
+        );
+        let wall = SystemTime::UNIX_EPOCH;
+        let at = |dropped: u64, rss: u64| Snapshot {
+            dropped,
+            resident_bytes: Some(rss),
+            ..Snapshot::default()
+        };
+        assert!(e.evaluate(MIN, wall, &at(0, 5e8 as u64)).is_empty());
+        let c = e.evaluate(2 * MIN, wall, &at(3, 2e9 as u64));
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(e.rules[0].value, Some(3.0));
+        // No new loss for a whole window: resolved.
+        e.evaluate(3 * MIN, wall, &at(3, 5e8 as u64));
+        assert_eq!(
+            e.rules[0].status.state,
+            AlertState::Firing,
+            "minute 2's loss is in the window [1, 3]"
+        );
+        assert_eq!(e.rules[1].status.state, AlertState::Inactive);
+        e.evaluate(4 * MIN, wall, &at(3, 5e8 as u64));
+        assert_eq!(e.rules[0].status.state, AlertState::Inactive);
     }
 
     #[test]

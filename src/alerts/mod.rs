@@ -9,7 +9,9 @@
 //! - [`Alert::latency`]: a quantile of the request duration, interpolated within
 //!   the histogram buckets as Prometheus' `histogram_quantile` does;
 //! - [`Alert::request_rate`]: requests per second;
-//! - [`Alert::in_flight`]: requests in flight now (no window).
+//! - [`Alert::in_flight`]: requests in flight now (no window);
+//! - [`Alert::resident_memory`]: the process' resident memory now;
+//! - [`Alert::dropped_telemetry`]: spans and log lines lost over the window.
 //!
 //! Each can be limited to one route template ([`Alert::route`]); the windowed ones
 //! stay quiet below [`Alert::min_requests`] requests in the window, so that one
@@ -71,6 +73,10 @@ pub(crate) enum Measure {
     RequestRate,
     /// Requests in flight at the evaluation.
     InFlight,
+    /// Resident memory of the process, in bytes, at the evaluation.
+    ResidentMemory,
+    /// Spans and log lines dropped over the window.
+    DroppedTelemetry,
 }
 
 impl Measure {
@@ -80,12 +86,14 @@ impl Measure {
             Measure::Latency(q) => format!("HighLatencyP{}", quantile_label(q)),
             Measure::RequestRate => "RequestRate".into(),
             Measure::InFlight => "InFlightRequests".into(),
+            Measure::ResidentMemory => "HighMemoryUsage".into(),
+            Measure::DroppedTelemetry => "TelemetryDropped".into(),
         }
     }
 
-    /// Whether the value is measured over a window of requests.
+    /// Whether the value is measured over a window (else read at the evaluation).
     pub(crate) fn windowed(self) -> bool {
-        !matches!(self, Measure::InFlight)
+        !matches!(self, Measure::InFlight | Measure::ResidentMemory)
     }
 }
 
@@ -205,6 +213,23 @@ impl Alert {
     /// Requests in flight at the moment of evaluation.
     pub fn in_flight() -> Alert {
         let mut a = Alert::new(Measure::InFlight);
+        a.min_requests = 0;
+        a
+    }
+
+    /// The resident memory of the process, in bytes, at the moment of
+    /// evaluation (Linux).
+    pub fn resident_memory() -> Alert {
+        let mut a = Alert::new(Measure::ResidentMemory);
+        a.min_requests = 0;
+        a
+    }
+
+    /// Spans and log lines dropped over the window (a full queue, a collector
+    /// that is down, a log output that cannot keep up): `above(0.0)` fires at the
+    /// first loss.
+    pub fn dropped_telemetry() -> Alert {
+        let mut a = Alert::new(Measure::DroppedTelemetry);
         a.min_requests = 0;
         a
     }

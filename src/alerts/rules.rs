@@ -19,6 +19,9 @@ pub(crate) const BURN_ALERT_NAME: &str = "SloBurnRate";
 const COUNT: &str = "http_server_request_duration_seconds_count";
 const BUCKET: &str = "http_server_request_duration_seconds_bucket";
 const ACTIVE: &str = "http_server_active_requests";
+const RESIDENT: &str = "process_memory_usage_bytes";
+const SPANS_DROPPED: &str = "tower_apm_spans_dropped_total";
+const LOG_LINES_DROPPED: &str = "tower_apm_log_lines_dropped_total";
 
 /// A PromQL range: `5m`, `1h`, `90s`.
 pub(crate) fn promql_duration(d: Duration) -> String {
@@ -117,7 +120,12 @@ pub(crate) fn expr(alert: &Alert, comparison: Comparison) -> String {
             format!("histogram_quantile({q}, sum by (le) (rate({BUCKET}{all}[{range}])))")
         }
         Measure::RequestRate => format!("(sum(rate({COUNT}{all}[{range}])) or vector(0))"),
-        Measure::InFlight => format!("sum({ACTIVE})"),
+        // Per process, as each process evaluates its own.
+        Measure::InFlight => format!("sum by (instance) ({ACTIVE})"),
+        Measure::ResidentMemory => format!("max by (instance) ({RESIDENT})"),
+        Measure::DroppedTelemetry => format!(
+            "(sum by (instance) (increase({SPANS_DROPPED}[{range}])) + sum by (instance) (increase({LOG_LINES_DROPPED}[{range}])))"
+        ),
     };
     let mut e = format!("{value} {op} {threshold}");
     if alert.measure.windowed() && alert.min_requests > 0 {
@@ -303,7 +311,18 @@ mod tests {
             "(sum(rate(http_server_request_duration_seconds_count[10m])) or vector(0)) < 1"
         );
         let (a, c) = rule(Alert::in_flight().above(100));
-        assert_eq!(expr(&a, c), "sum(http_server_active_requests) > 100");
+        assert_eq!(expr(&a, c), "sum by (instance) (http_server_active_requests) > 100");
+        let (a, c) = rule(Alert::resident_memory().above(1e9));
+        assert_eq!(
+            expr(&a, c),
+            "max by (instance) (process_memory_usage_bytes) > 1000000000"
+        );
+        let (a, c) = rule(Alert::dropped_telemetry().above(0.0).over(Duration::from_secs(600)));
+        assert_eq!(
+            expr(&a, c),
+            "(sum by (instance) (increase(tower_apm_spans_dropped_total[10m])) + sum by (instance) \
+             (increase(tower_apm_log_lines_dropped_total[10m]))) > 0"
+        );
     }
 
     #[test]
@@ -467,7 +486,10 @@ mod promtool {
                     buckets: cumulative(t, m),
                 })
                 .collect();
-            let snapshot = Snapshot { series, in_flight: 0 };
+            let snapshot = Snapshot {
+                series,
+                ..Snapshot::default()
+            };
             engine.evaluate(interval * m as u32, SystemTime::UNIX_EPOCH, &snapshot);
             for (i, r) in engine.rules.iter().enumerate() {
                 firing[i].push(r.status.state == AlertState::Firing);
