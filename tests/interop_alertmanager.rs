@@ -240,13 +240,21 @@ async fn an_error_rate_alert_reaches_alertmanager_and_its_receiver_then_resolves
     apm.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_dead_notifier_is_counted_and_logged_and_never_slows_requests() {
-    let dir = std::env::temp_dir().join(format!("tower-apm-am-dead-{}", std::process::id()));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_notifier_never_holds_up_evaluation_or_requests_and_its_failure_is_counted_and_logged() {
+    let dir = std::env::temp_dir().join(format!("tower-apm-am-hang-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("app.log");
     let _ = std::fs::remove_file(&log);
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    // Accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = hang.accept().await {
+            held.push(conn);
+        }
+    });
     let apm = Apm::builder()
         .environment([
             ("OTEL_TRACES_EXPORTER", "none"),
@@ -255,11 +263,35 @@ async fn a_dead_notifier_is_counted_and_logged_and_never_slows_requests() {
         .logs(LogOutput::file(&log))
         .alert(Alert::in_flight().above(-1.0))
         .alert_interval(Duration::from_secs(3600))
-        .notify(Notifier::alertmanager(dead).retries(1))
+        .notify(
+            Notifier::alertmanager(format!("http://{hang_addr}"))
+                .timeout(Duration::from_secs(2))
+                .retries(1),
+        )
         .build()
         .unwrap();
+    let app = Router::new().route("/ok", get(|| async { "ok" })).layer(apm.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // The evaluation hands the alert over and returns; the notifier hangs for
+    // two attempts of 2 s each.
+    let started = Instant::now();
     apm.evaluate_alerts();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(apm.alert_state("InFlightRequests"), Some(AlertState::Firing));
+    // Requests are served meanwhile.
+    let started = Instant::now();
+    assert_eq!(support::get(format!("{base}/ok")).await.0, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert_eq!(apm.stats().alert_notifications_failed, 0, "still trying");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
     while apm.stats().alert_notifications_failed == 0 {
         assert!(Instant::now() < deadline, "{:?}", apm.stats());
         tokio::time::sleep(Duration::from_millis(50)).await;
