@@ -405,9 +405,8 @@ fn run(
                 .map(Notice::key)
                 .collect();
             let resolved = batch.iter().any(|n| n.resolved_at.is_some());
-            let due = state.last_post.is_none_or(|t| t.elapsed() >= state.notifier.repeat);
-            let changed = resolved || !firing.is_subset(&state.firing);
-            if !(changed || (due && !firing.is_empty())) {
+            let since_last = state.last_post.map(|t| t.elapsed());
+            if !should_send(&firing, resolved, &state.firing, since_last, state.notifier.repeat) {
                 state.firing = firing;
                 continue;
             }
@@ -437,6 +436,21 @@ fn run(
             }
         }
     }
+}
+
+/// Whether a notifier sends this evaluation's alerts: when one resolved, when
+/// one started firing that was not in the last notification (`sent`), and while
+/// any fires, once every `repeat` since the last notification (`since_last`).
+fn should_send(
+    firing: &BTreeSet<String>,
+    resolved: bool,
+    sent: &BTreeSet<String>,
+    since_last: Option<Duration>,
+    repeat: Duration,
+) -> bool {
+    let changed = resolved || !firing.is_subset(sent);
+    let due = since_last.is_none_or(|d| d >= repeat);
+    changed || (due && !firing.is_empty())
 }
 
 /// One POST with retries; the last error.
@@ -713,6 +727,29 @@ mod tests {
         let (subject, body) = email_text(&[notice(true)]);
         assert_eq!(subject, "[RESOLVED] HighErrorRate ()");
         assert!(body.contains("RESOLVED at 1970-01-01T00:01:00.000000Z"), "{body}");
+    }
+
+    #[test]
+    fn alerts_are_sent_on_change_and_repeated_only_after_the_repeat_interval() {
+        let set = |keys: &[&str]| keys.iter().map(|k| (*k).to_owned()).collect::<BTreeSet<String>>();
+        let minute = Duration::from_secs(60);
+        let a = set(&["a"]);
+        // A new firing alert: sent at once.
+        assert!(should_send(&a, false, &set(&[]), None, minute));
+        assert!(should_send(
+            &set(&["a", "b"]),
+            false,
+            &a,
+            Some(Duration::from_secs(1)),
+            minute
+        ));
+        // The same alert still firing: only once the interval has passed.
+        assert!(!should_send(&a, false, &a, Some(Duration::from_secs(59)), minute));
+        assert!(should_send(&a, false, &a, Some(minute), minute));
+        // A resolution: at once, whatever the interval.
+        assert!(should_send(&set(&[]), true, &a, Some(Duration::from_secs(1)), minute));
+        // Nothing firing, nothing resolved: nothing to send.
+        assert!(!should_send(&set(&[]), false, &a, Some(2 * minute), minute));
     }
 
     #[test]
