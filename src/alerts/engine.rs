@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::window::{BUCKETS, Ring, Totals};
 use super::{Alert, AlertState, BURN_ALERTS, Comparison, Measure, Slo};
-use crate::logs::json::{JsonLine, escape_into, write_timestamp};
+use crate::logs::json::{JsonLine, push_object, push_string, push_time, write_timestamp};
 use crate::logs::writer::LogWriter;
 use crate::metrics::Metrics;
 
@@ -356,17 +356,17 @@ impl Engine {
             }
             let a = &r.alert;
             out.extend_from_slice(b"{\"name\":");
-            string(&mut out, &a.name);
+            push_string(&mut out, &a.name);
             out.extend_from_slice(b",\"state\":");
-            string(&mut out, r.status.state.as_str());
+            push_string(&mut out, r.status.state.as_str());
             out.extend_from_slice(b",\"measure\":");
-            string(&mut out, measure_name(a.measure));
+            push_string(&mut out, measure_name(a.measure));
             if let Measure::Latency(q) = a.measure {
                 out.extend_from_slice(format!(",\"quantile\":{}", number(q)).as_bytes());
             }
             out.extend_from_slice(b",\"route\":");
             match &a.route {
-                Some(route) => string(&mut out, route),
+                Some(route) => push_string(&mut out, route),
                 None => out.extend_from_slice(b"null"),
             }
             out.extend_from_slice(
@@ -391,9 +391,9 @@ impl Engine {
             out.extend_from_slice(format!(",\"pending_for_seconds\":{}", number(a.pending.as_secs_f64())).as_bytes());
             status_times(&mut out, &r.status);
             out.extend_from_slice(b",\"labels\":");
-            pairs(&mut out, &a.labels);
+            push_object(&mut out, &a.labels);
             out.extend_from_slice(b",\"annotations\":");
-            pairs(&mut out, &a.annotations);
+            push_object(&mut out, &a.annotations);
             out.push(b'}');
         }
         out.extend_from_slice(b"],\"slos\":[");
@@ -403,12 +403,12 @@ impl Engine {
             }
             let slo = &s.slo;
             out.extend_from_slice(b"{\"name\":");
-            string(&mut out, &slo.name);
+            push_string(&mut out, &slo.name);
             out.extend_from_slice(b",\"objective\":");
             match slo.objective {
-                super::Objective::Availability => string(&mut out, "availability"),
+                super::Objective::Availability => push_string(&mut out, "availability"),
                 super::Objective::Latency { index } => {
-                    string(&mut out, "latency");
+                    push_string(&mut out, "latency");
                     out.extend_from_slice(
                         format!(
                             ",\"latency_bound_seconds\":{}",
@@ -420,7 +420,7 @@ impl Engine {
             }
             out.extend_from_slice(b",\"route\":");
             match &slo.route {
-                Some(route) => string(&mut out, route),
+                Some(route) => push_string(&mut out, route),
                 None => out.extend_from_slice(b"null"),
             }
             out.extend_from_slice(
@@ -439,7 +439,7 @@ impl Engine {
                 if k > 0 {
                     out.push(b',');
                 }
-                string(&mut out, &super::rules::promql_duration(*w));
+                push_string(&mut out, &super::rules::promql_duration(*w));
                 out.push(b':');
                 match s.burn[k] {
                     Some(b) if b.is_finite() => out.extend_from_slice(number(b).as_bytes()),
@@ -452,7 +452,7 @@ impl Engine {
                     out.push(b',');
                 }
                 out.extend_from_slice(b"{\"severity\":");
-                string(&mut out, severity);
+                push_string(&mut out, severity);
                 out.extend_from_slice(
                     format!(
                         ",\"burn_rate\":{},\"long_window\":\"{}\",\"short_window\":\"{}\",\"state\":",
@@ -462,7 +462,7 @@ impl Engine {
                     )
                     .as_bytes(),
                 );
-                string(&mut out, s.alerts[k].state.as_str());
+                push_string(&mut out, s.alerts[k].state.as_str());
                 status_times(&mut out, &s.alerts[k]);
                 out.push(b'}');
             }
@@ -503,34 +503,11 @@ fn number(v: f64) -> String {
     if v.is_finite() { format!("{v}") } else { "null".into() }
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    escape_into(s.as_bytes(), out);
-    out.push(b'"');
-}
-
 fn time_or_null(out: &mut Vec<u8>, t: Option<SystemTime>) {
     match t {
-        Some(t) => {
-            out.push(b'"');
-            write_timestamp(t, out);
-            out.push(b'"');
-        }
+        Some(t) => push_time(out, t),
         None => out.extend_from_slice(b"null"),
     }
-}
-
-fn pairs(out: &mut Vec<u8>, kv: &[(String, String)]) {
-    out.push(b'{');
-    for (i, (k, v)) in kv.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        string(out, k);
-        out.push(b':');
-        string(out, v);
-    }
-    out.push(b'}');
 }
 
 /// Reads the telemetry dropped since start (the span queue's and the log

@@ -24,7 +24,7 @@ use opentelemetry_http::HttpClient;
 use opentelemetry_http::hyper::HyperClient;
 
 use crate::config::ConfigError;
-use crate::logs::json::{JsonLine, escape_into, write_timestamp};
+use crate::logs::json::{JsonLine, push_object, push_string, push_time, write_timestamp};
 use crate::logs::writer::LogWriter;
 
 /// Batches of notices waiting for the notification thread.
@@ -571,31 +571,6 @@ pub(crate) fn email_text(batch: &[Notice]) -> (String, String) {
     (subject, body)
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    escape_into(s.as_bytes(), out);
-    out.push(b'"');
-}
-
-fn time(out: &mut Vec<u8>, t: SystemTime) {
-    out.push(b'"');
-    write_timestamp(t, out);
-    out.push(b'"');
-}
-
-fn object(out: &mut Vec<u8>, kv: &[(String, String)]) {
-    out.push(b'{');
-    for (i, (k, v)) in kv.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        string(out, k);
-        out.push(b':');
-        string(out, v);
-    }
-    out.push(b'}');
-}
-
 /// Alertmanager API v2: a list of alerts.
 pub(crate) fn alertmanager_body(batch: &[Notice], now: SystemTime, repeat: Duration) -> Vec<u8> {
     let mut out = b"[".to_vec();
@@ -604,13 +579,13 @@ pub(crate) fn alertmanager_body(batch: &[Notice], now: SystemTime, repeat: Durat
             out.push(b',');
         }
         out.extend_from_slice(b"{\"labels\":");
-        object(&mut out, &n.labels);
+        push_object(&mut out, &n.labels);
         out.extend_from_slice(b",\"annotations\":");
-        object(&mut out, &n.annotations);
+        push_object(&mut out, &n.annotations);
         out.extend_from_slice(b",\"startsAt\":");
-        time(&mut out, n.starts_at);
+        push_time(&mut out, n.starts_at);
         out.extend_from_slice(b",\"endsAt\":");
-        time(&mut out, n.resolved_at.unwrap_or(now + 4 * repeat));
+        push_time(&mut out, n.resolved_at.unwrap_or(now + 4 * repeat));
         out.extend_from_slice(b",\"generatorURL\":\"\"}");
     }
     out.push(b']');
@@ -629,7 +604,7 @@ pub(crate) fn webhook_body(batch: &[Notice]) -> Vec<u8> {
             .collect()
     });
     let mut out = b"{\"version\":\"4\",\"groupKey\":".to_vec();
-    string(
+    push_string(
         &mut out,
         &format!(
             "tower-apm:{}",
@@ -641,29 +616,29 @@ pub(crate) fn webhook_body(batch: &[Notice]) -> Vec<u8> {
         ),
     );
     out.extend_from_slice(b",\"truncatedAlerts\":0,\"status\":");
-    string(&mut out, if firing { "firing" } else { "resolved" });
+    push_string(&mut out, if firing { "firing" } else { "resolved" });
     out.extend_from_slice(b",\"receiver\":\"tower-apm\",\"groupLabels\":{},\"commonLabels\":");
-    object(&mut out, &common);
+    push_object(&mut out, &common);
     out.extend_from_slice(b",\"commonAnnotations\":{},\"externalURL\":\"\",\"alerts\":[");
     for (i, n) in batch.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"status\":");
-        string(&mut out, if n.resolved_at.is_some() { "resolved" } else { "firing" });
+        push_string(&mut out, if n.resolved_at.is_some() { "resolved" } else { "firing" });
         out.extend_from_slice(b",\"labels\":");
-        object(&mut out, &n.labels);
+        push_object(&mut out, &n.labels);
         out.extend_from_slice(b",\"annotations\":");
-        object(&mut out, &n.annotations);
+        push_object(&mut out, &n.annotations);
         out.extend_from_slice(b",\"startsAt\":");
-        time(&mut out, n.starts_at);
+        push_time(&mut out, n.starts_at);
         out.extend_from_slice(b",\"endsAt\":");
         match n.resolved_at {
-            Some(t) => time(&mut out, t),
+            Some(t) => push_time(&mut out, t),
             None => out.extend_from_slice(b"\"0001-01-01T00:00:00Z\""),
         }
         out.extend_from_slice(b",\"generatorURL\":\"\",\"fingerprint\":");
-        string(&mut out, &n.fingerprint());
+        push_string(&mut out, &n.fingerprint());
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");

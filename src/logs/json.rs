@@ -161,6 +161,34 @@ pub(crate) fn escape_into(s: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&s[start..]);
 }
 
+/// Appends `s` as a JSON string, quotes included.
+pub(crate) fn push_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape_into(s.as_bytes(), out);
+    out.push(b'"');
+}
+
+/// Appends `t` as an RFC 3339 JSON string.
+pub(crate) fn push_time(out: &mut Vec<u8>, t: SystemTime) {
+    out.push(b'"');
+    write_timestamp(t, out);
+    out.push(b'"');
+}
+
+/// Appends `{"k":"v",...}`.
+pub(crate) fn push_object(out: &mut Vec<u8>, kv: &[(String, String)]) {
+    out.push(b'{');
+    for (i, (k, v)) in kv.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_string(out, k);
+        out.push(b':');
+        push_string(out, v);
+    }
+    out.push(b'}');
+}
+
 /// A JSON object on one line, written field by field.
 #[derive(Debug)]
 pub(crate) struct JsonLine {
