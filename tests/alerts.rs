@@ -8,9 +8,6 @@ mod support;
 
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
-use http::StatusCode;
 use tower_apm::{Alert, AlertState, Apm, LogOutput};
 
 #[tokio::test]
@@ -36,23 +33,8 @@ async fn error_rate_alert_fires_on_5xx_traffic_and_resolves_when_it_stops() {
         .alert_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let app = Router::new()
-        .route("/ok", get(|| async { "ok" }))
-        .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "no") }))
-        .layer(apm.layer())
-        .merge(apm.alerts_router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
-    let hit = |path: &'static str, n: usize| {
-        let base = base.clone();
-        async move {
-            for _ in 0..n {
-                support::get(format!("{base}{path}")).await;
-            }
-        }
-    };
+    let base = support::serve_ok_fail(apm.layer(), apm.alerts_router()).await;
+    let hit = |path: &'static str, n: usize| support::hit(&base, path, n);
     let status = || async { support::get(format!("{base}/alerts")).await.1 };
 
     hit("/ok", 50).await;

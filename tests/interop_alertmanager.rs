@@ -177,21 +177,8 @@ async fn an_error_rate_alert_reaches_alertmanager_and_its_receiver_then_resolves
         .notify(Notifier::webhook(format!("http://{hooks_addr}/direct")))
         .build()
         .unwrap();
-    let app = Router::new()
-        .route("/ok", get(|| async { "ok" }))
-        .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
-        .layer(apm.layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let hit = |path: &'static str, n: usize| {
-        let base = base.clone();
-        async move {
-            for _ in 0..n {
-                support::get(format!("{base}{path}")).await;
-            }
-        }
-    };
+    let base = support::serve_ok_fail(apm.layer(), Router::new()).await;
+    let hit = |path: &'static str, n: usize| support::hit(&base, path, n);
 
     hit("/ok", 50).await;
     hit("/fail", 10).await;

@@ -12,9 +12,6 @@ mod support;
 
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
-use http::StatusCode;
 use tower_apm::{Alert, AlertState, Apm, LogOutput, Notifier, Smtp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,18 +43,9 @@ async fn an_alert_is_emailed_when_it_fires_and_when_it_resolves() {
         ))
         .build()
         .unwrap();
-    let app = Router::new()
-        .route("/ok", get(|| async { "ok" }))
-        .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
-        .layer(apm.layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    for (path, n) in [("/ok", 50), ("/fail", 10)] {
-        for _ in 0..n {
-            support::get(format!("{base}{path}")).await;
-        }
-    }
+    let base = support::serve_ok_fail(apm.layer(), axum::Router::new()).await;
+    support::hit(&base, "/ok", 50).await;
+    support::hit(&base, "/fail", 10).await;
     apm.evaluate_alerts();
     assert_eq!(apm.alert_state("HighErrorRate"), Some(AlertState::Firing));
     let firing = server
@@ -69,9 +57,7 @@ async fn an_alert_is_emailed_when_it_fires_and_when_it_resolves() {
     assert!(firing.contains("  severity = page"), "{firing}");
     assert!(firing.contains("  summary: more than 5% of requests fail"), "{firing}");
 
-    for _ in 0..200 {
-        support::get(format!("{base}/ok")).await;
-    }
+    support::hit(&base, "/ok", 200).await;
     apm.evaluate_alerts();
     let resolved = server
         .next_message("Subject: [RESOLVED] HighErrorRate (checkout)")

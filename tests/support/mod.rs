@@ -398,3 +398,27 @@ pub async fn get(url: String) -> (u16, String) {
     let (status, body, _) = get_with_connection(url).await;
     (status, body)
 }
+
+/// Serves `GET /ok` (200) and `GET /fail` (500) through `layer`, with `extra`
+/// merged beside them (not layered), on a loopback port; returns the base URL.
+pub async fn serve_ok_fail(layer: tower_apm::ApmLayer, extra: axum::Router) -> String {
+    let app = axum::Router::new()
+        .route("/ok", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/fail",
+            axum::routing::get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+        )
+        .layer(layer)
+        .merge(extra);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// `n` GETs of `{base}{path}`, one after another.
+pub async fn hit(base: &str, path: &str, n: usize) {
+    for _ in 0..n {
+        get(format!("{base}{path}")).await;
+    }
+}
