@@ -23,7 +23,11 @@
 //!   with exemplars when asked: `curl -H 'Accept: application/openmetrics-text' ...`)
 //! - `/alerts`         the alert rules and the SLO as JSON: hit `/error` a few
 //!   times among other requests and `HighErrorRate` fires within 15 s (a WARN
-//!   log line), then resolves once the minute has passed
+//!   log line), then resolves once the minute has passed; under `security`, the
+//!   latest detections
+//! - `POST /login/{user}` logs in `demo` and fails anyone else (an OWASP
+//!   `authn_login_fail` event, target `tower_apm::security`); the tenth failure
+//!   from one address within 5 minutes is a brute-force detection
 //!
 //! Ctrl-C (or `kill -TERM`) shuts down in logged phases: readiness fails, the
 //! pre-stop delay (`DEMO_PRE_STOP_MS`, default 0), the listener closes, in-flight
@@ -44,6 +48,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
+use tower_apm::security::{Security, SecurityEvent};
 use tower_apm::{Alert, Apm, ClientService, LogOutput, Shutdown, Slo};
 
 type HttpClient = ClientService<Client<HttpConnector, Empty<bytes::Bytes>>>;
@@ -86,6 +91,8 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .route("/users/{id}"),
         )
         .slo(Slo::availability(0.999))
+        // Security events and the brute-force, spike and scanning detectors.
+        .security(Security::new())
         .build()?;
     // 2. JSON log lines on stdout (RUST_LOG filters them), with the trace and span
     //    ids of the request; `tracing` spans exported as child spans.
@@ -124,6 +131,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .route("/panic", get(panics))
         .route("/downstream", get(downstream))
         .route("/jobs/{n}", post(enqueue))
+        .route("/login/{user}", post(login))
         .with_state(App { client, addr, jobs })
         // 6. The Prometheus endpoint, the alerts and the health endpoints.
         .merge(apm.metrics_router())
@@ -138,6 +146,16 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     // 7. Workers, hooks, then the flush of spans, metrics and logs; the exit code.
     Ok(shutdown.finish(&apm).await)
+}
+
+/// A login that only `demo` passes: the outcome is a security event returned
+/// with the response; the layer adds the client's address and the trace.
+async fn login(Path(user): Path<String>) -> (SecurityEvent, StatusCode) {
+    if user == "demo" {
+        (SecurityEvent::login_succeeded(&user), StatusCode::NO_CONTENT)
+    } else {
+        (SecurityEvent::login_failed(&user), StatusCode::UNAUTHORIZED)
+    }
 }
 
 /// A background worker: takes jobs one at a time; on shutdown it finishes the one

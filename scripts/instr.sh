@@ -35,7 +35,7 @@ if [ -n "$PEERS" ]; then
 else
     OUT=${OUT:-target/instr}
     ALL=(bare noop_layer sampled not_sampled sampled_metrics not_sampled_metrics sampled_metrics_logs
-        not_sampled_metrics_logs bare_traceparent sampled_traceparent not_sampled_traceparent)
+        not_sampled_metrics_logs sampled_metrics_logs_peer sampled_metrics_logs_security bare_traceparent sampled_traceparent not_sampled_traceparent)
 fi
 if [ $# -gt 0 ]; then CONFIGS=("$@"); else CONFIGS=("${ALL[@]}"); fi
 

@@ -12,6 +12,7 @@ use crate::alerts::notify::{Dispatcher, Notifier};
 use crate::alerts::{self, Alert, Slo};
 use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
 use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
+use crate::layer::client_addr::TrustedProxies;
 use crate::layer::{ApmLayer, Shared};
 use crate::logs::writer::LogWriter;
 use crate::logs::{AccessLog, JsonLayer, LogOutput, Redactor};
@@ -19,6 +20,8 @@ use crate::metrics::Metrics;
 use crate::metrics::otlp::Pusher;
 use crate::metrics::prometheus::{self, Format, Scrape};
 use crate::record::Recorder;
+use crate::security::Security;
+use crate::security::monitor::Monitor;
 use crate::trace::{ClientLayer, Sampler};
 
 /// The APM handle: build it once at start-up, add [`Apm::layer`] to the router,
@@ -53,6 +56,8 @@ struct Inner {
     service: Arc<str>,
     redactor: Arc<Redactor>,
     alerts: Option<Arc<Alerts>>,
+    notify: Option<Dispatcher>,
+    security: Option<Arc<Monitor>>,
     #[cfg(feature = "otlp-logs")]
     otlp_logs: Option<(
         opentelemetry_sdk::logs::SdkLoggerProvider,
@@ -74,6 +79,8 @@ pub struct ApmBuilder {
     slos: Vec<Slo>,
     notifiers: Vec<Notifier>,
     alert_interval: Option<Duration>,
+    security: Option<Security>,
+    trusted_proxies: Vec<String>,
 }
 
 impl Apm {
@@ -271,9 +278,19 @@ impl Apm {
     }
 
     /// Waits until every log line written so far is on its output, at most
-    /// `deadline`. Returns whether it finished in time.
+    /// `deadline`: security events queued before the call included (and their
+    /// audit records synced). Returns whether it finished in time.
     pub async fn flush_logs(&self, deadline: Duration) -> bool {
+        let started = std::time::Instant::now();
+        let security = match &self.inner.security {
+            Some(m) => m.flush(deadline).await,
+            None => true,
+        };
+        let deadline = deadline.saturating_sub(started.elapsed());
         let logs = Arc::clone(&self.inner.logs);
+        if !security {
+            return false;
+        }
         tokio::task::spawn_blocking(move || logs.flush(deadline))
             .await
             .unwrap_or(false)
@@ -298,16 +315,44 @@ impl Apm {
     /// ```
     pub fn alerts_router(&self) -> axum::Router {
         let alerts = self.inner.alerts.clone();
+        let security = self.inner.security.clone();
         axum::Router::new().route(
             "/alerts",
             axum::routing::get(move || {
-                let body = alerts.as_ref().map_or_else(
+                let mut body = alerts.as_ref().map_or_else(
                     || r#"{"evaluations":0,"last_evaluation":null,"alerts":[]}"#.to_owned(),
                     |a| a.status_json(),
                 );
+                if let Some(m) = &security {
+                    // The object's closing brace makes way for the security part.
+                    body.pop();
+                    body.push_str(",\"security\":");
+                    body.push_str(&m.status_json());
+                    body.push('}');
+                }
                 async move { ([(http::header::CONTENT_TYPE, "application/json")], body) }
             }),
         )
+    }
+
+    /// Reports a security event from outside a request's response: a job, a
+    /// startup check, or a handler that has no response to attach it to. It
+    /// carries the trace of the current OpenTelemetry context, when there is
+    /// one; a failed login still counts for the brute-force detector (by
+    /// user). Without [`ApmBuilder::security`] it is ignored.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tower_apm::ConfigError> {
+    /// use tower_apm::security::{Level, Security, SecurityEvent};
+    ///
+    /// let apm = tower_apm::Apm::builder().security(Security::new()).build()?;
+    /// apm.security_event(SecurityEvent::new("sys_startup:deploy-bot", Level::Warn));
+    /// # Ok(()) }
+    /// ```
+    pub fn security_event(&self, event: crate::security::SecurityEvent) {
+        if let Some(m) = &self.inner.security {
+            m.report(event, crate::security::monitor::current_facts());
+        }
     }
 
     /// The configured alert rules as a Prometheus rules file (YAML, one group
@@ -368,7 +413,15 @@ impl Apm {
             stats.metric_exports = p.counters.exported.load(std::sync::atomic::Ordering::Relaxed);
             stats.metric_export_failures = p.counters.failed.load(std::sync::atomic::Ordering::Relaxed);
         }
-        if let Some(d) = self.inner.alerts.as_ref().and_then(|a| a.notify.as_ref()) {
+        if let Some(m) = &self.inner.security {
+            let c = &m.counters;
+            stats.security_events = c.events.load(std::sync::atomic::Ordering::Relaxed);
+            stats.security_events_dropped = c.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            stats.security_detections = c.detections.load(std::sync::atomic::Ordering::Relaxed);
+            stats.security_alerts_suppressed = c.alerts_suppressed.load(std::sync::atomic::Ordering::Relaxed);
+            stats.audit_write_failures = c.audit_failed.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(d) = &self.inner.notify {
             stats.alert_notifications_sent = d.counters.sent.load(std::sync::atomic::Ordering::Relaxed);
             stats.alert_notifications_failed = d.counters.failed.load(std::sync::atomic::Ordering::Relaxed);
             stats.alert_notifications_dropped = d.counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
@@ -652,6 +705,26 @@ impl ApmBuilder {
         self
     }
 
+    /// Turns on security monitoring: OWASP-vocabulary events, the brute-force,
+    /// traffic-spike and scanning detectors, and optionally a tamper-evident
+    /// audit log. Detections are sent to the notifiers of
+    /// [`ApmBuilder::notify`]. See [`security`](crate::security).
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = Some(security);
+        self
+    }
+
+    /// The proxies (addresses or CIDR networks, such as `10.0.0.0/8` or `::1`)
+    /// whose `Forwarded` and `X-Forwarded-For` headers name the client. From
+    /// any other peer those headers are ignored: the peer is the client
+    /// (`client.address`, the access log's `client_address`, the security
+    /// events' `source_ip`). Behind a trusted proxy, spans also carry the
+    /// proxy as `network.peer.address`. None by default.
+    pub fn trusted_proxies<S: AsRef<str>>(mut self, proxies: impl IntoIterator<Item = S>) -> Self {
+        self.trusted_proxies = proxies.into_iter().map(|p| p.as_ref().to_owned()).collect();
+        self
+    }
+
     /// Validates the configuration and starts the export thread.
     ///
     /// # Errors
@@ -721,6 +794,15 @@ impl ApmBuilder {
             slo.validate()?;
         }
         let none = rules.is_empty() && self.slos.is_empty();
+        let trusted_proxies = TrustedProxies::parse(&self.trusted_proxies)?;
+        let security_on = self.security.is_some() && !config.disabled;
+        let notify = (!self.notifiers.is_empty() && !config.disabled && (security_on || !none))
+            .then(|| Dispatcher::start(self.notifiers.clone(), Arc::clone(&logs)))
+            .transpose()?;
+        let security = match &self.security {
+            Some(cfg) if security_on => Some(Monitor::start(cfg, &service, Arc::clone(&logs), notify.clone())?),
+            _ => None,
+        };
         let alerts = match (&metrics, none) {
             (_, true) => None,
             (None, false) if config.disabled => None,
@@ -733,9 +815,7 @@ impl ApmBuilder {
                 });
             }
             (Some(m), false) => {
-                let notify = (!self.notifiers.is_empty())
-                    .then(|| Dispatcher::start(self.notifiers.clone(), Arc::clone(&logs)))
-                    .transpose()?;
+                let notify = notify.clone();
                 let queue = pipeline.as_ref().map(|p| Arc::clone(&p.queue));
                 let log_counters = Arc::clone(&logs.counters);
                 let dropped = Box::new(move || {
@@ -766,10 +846,16 @@ impl ApmBuilder {
         };
         let shared = Arc::new(Shared {
             disabled: config.disabled,
-            recorder: Recorder::new(pipeline.as_ref().map(|p| Arc::clone(&p.queue)), metrics.clone(), access),
+            recorder: Recorder::new(
+                pipeline.as_ref().map(|p| Arc::clone(&p.queue)),
+                metrics.clone(),
+                access,
+                security.clone(),
+            ),
             sampler: config.sampler,
             propagation: config.propagation,
             ids: RandomIdGenerator::default(),
+            trusted_proxies,
         });
         Ok(Apm {
             inner: Arc::new(Inner {
@@ -785,6 +871,8 @@ impl ApmBuilder {
                 service,
                 redactor,
                 alerts,
+                notify,
+                security,
                 #[cfg(feature = "otlp-logs")]
                 otlp_logs,
             }),

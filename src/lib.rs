@@ -204,6 +204,29 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Security monitoring
+//!
+//! [`ApmBuilder::security`] turns on security events named with the OWASP
+//! Logging Vocabulary ([`security::SecurityEvent`], returned by a handler with its
+//! response; the layer reports 401, 403 and oversized requests itself), the
+//! brute-force, traffic-spike and scanning detectors (fixed memory, each
+//! detection a log line and an alert through the notifiers) and a tamper-evident
+//! audit log ([`security::AuditLog`], checked by [`security::verify_audit_log`]
+//! and `examples/audit-verify.rs`). [`ApmBuilder::trusted_proxies`] says whose
+//! `Forwarded`/`X-Forwarded-For` headers name the client. See [`security`].
+//!
+//! ```
+//! # fn main() -> Result<(), tower_apm::ConfigError> {
+//! use axum::{http::StatusCode, routing::post};
+//! use tower_apm::security::{Security, SecurityEvent};
+//!
+//! let apm = tower_apm::Apm::builder().security(Security::new()).build()?;
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/login", post(|| async { (SecurityEvent::login_failed("alice"), StatusCode::UNAUTHORIZED) }))
+//!     .layer(apm.layer());
+//! # Ok(()) }
+//! ```
+//!
 //! ## Graceful shutdown
 //!
 //! [`Shutdown`] turns SIGTERM or SIGINT into a clean exit in logged phases, each
@@ -248,6 +271,7 @@
 //! - [`ClientLayer`]: the client layer for outgoing calls.
 //! - [`JsonLayer`], [`LogOutput`], [`Rotation`]: structured logs.
 //! - [`Alert`], [`Slo`], [`Notifier`], [`AlertState`], [`Threshold`]: alerts and SLOs.
+//! - [`security`]: security events, detectors and the audit log.
 //! - [`Shutdown`] ([`ShutdownBuilder`], [`ShutdownLayer`], [`Worker`], [`Phase`]):
 //!   graceful shutdown.
 //! - [`Sampler`], [`Protocol`], [`TelemetryStats`], [`ConfigError`], [`ExportError`].
@@ -276,6 +300,7 @@ mod logs;
 mod metrics;
 mod record;
 mod redact;
+pub mod security;
 mod shutdown;
 mod trace;
 

@@ -5,7 +5,7 @@
 //! knows nothing about any sink; each sink is its own module reading that one record.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use opentelemetry::trace::{SpanContext, SpanId};
 use crate::export::{Item, SpanQueue};
 use crate::logs::AccessLog;
 use crate::metrics::Metrics;
+use crate::security::monitor::Monitor;
 
 /// A route template: `&'static` from a user route function, or axum's
 /// `MatchedPath` (a shared string). Neither allocates per request.
@@ -94,7 +95,16 @@ pub(crate) struct RequestRecord {
     /// `host[:port]` from the URI authority (HTTP/2) or the `Host` header.
     pub(crate) authority: Option<ShortStr>,
     pub(crate) user_agent: Option<ShortStr>,
+    /// The connection's peer.
     pub(crate) client: Option<SocketAddr>,
+    /// The client a trusted proxy forwarded, when the peer is one.
+    pub(crate) forwarded_client: Option<IpAddr>,
+    /// `Forwarded`/`X-Forwarded-For` as sent by a peer that is not a trusted
+    /// proxy: recorded for the security events, never believed. Only kept when
+    /// security monitoring is on.
+    pub(crate) claimed_forwarded: Option<ShortStr>,
+    /// Security events the handler returned with its response.
+    pub(crate) security_events: Option<Box<crate::security::ReportedEvents>>,
     /// `None` when the request was dropped before a response existed.
     pub(crate) status: Option<u16>,
     pub(crate) error_type: Option<&'static str>,
@@ -116,6 +126,11 @@ pub(crate) struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// The client's address: the one a trusted proxy forwarded, else the peer's.
+    pub(crate) fn client_ip(&self) -> Option<IpAddr> {
+        self.forwarded_client.or(self.client.map(|c| c.ip()))
+    }
+
     /// `url.path` and `url.query` from the request target.
     pub(crate) fn path_and_query(&self) -> (&str, Option<&str>) {
         let t = self.target.as_str();
@@ -153,6 +168,7 @@ pub(crate) struct Recorder {
     spans: Option<Arc<SpanQueue>>,
     metrics: Option<Arc<Metrics>>,
     access: Option<Arc<AccessLog>>,
+    security: Option<Arc<Monitor>>,
 }
 
 impl Recorder {
@@ -160,15 +176,26 @@ impl Recorder {
         spans: Option<Arc<SpanQueue>>,
         metrics: Option<Arc<Metrics>>,
         access: Option<Arc<AccessLog>>,
+        security: Option<Arc<Monitor>>,
     ) -> Self {
-        Recorder { spans, metrics, access }
+        Recorder {
+            spans,
+            metrics,
+            access,
+            security,
+        }
     }
 
     /// Whether any sink reads records of requests that are not sampled: the
     /// metrics and the access log do. Without them an unsampled request only
     /// carries its context.
     pub(crate) fn wants_unsampled(&self) -> bool {
-        self.metrics.is_some() || self.access.is_some()
+        self.metrics.is_some() || self.access.is_some() || self.security.is_some()
+    }
+
+    /// Whether security monitoring reads the records.
+    pub(crate) fn wants_security(&self) -> bool {
+        self.security.is_some()
     }
 
     /// Whether requests get a request id (the access log is on).
@@ -220,6 +247,9 @@ impl Recorder {
         }
         if let Some(a) = &self.access {
             a.write(&record);
+        }
+        if let Some(s) = &self.security {
+            s.observe(&record);
         }
         if let Some(queue) = &self.spans {
             if record.span.is_sampled() {

@@ -317,3 +317,46 @@ async fn layer_works_on_either_side_of_other_middleware() {
     names.sort();
     assert_eq!(names, ["GET /a/{x}", "GET /b/{x}"]);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_client_address_is_the_forwarded_client_and_the_proxy_is_the_peer() {
+    let receiver = Receiver::start().await;
+    let apm = tower_apm::Apm::builder()
+        .environment([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint().as_str()),
+            ("OTEL_SERVICE_NAME", "test-svc"),
+        ])
+        .trusted_proxies(["10.0.0.0/8"])
+        .build()
+        .unwrap();
+    let app = app(&apm);
+    let request = |peer: &str| {
+        let mut req = Request::get("/users/7")
+            .header("x-forwarded-for", "6.6.6.6, 198.51.100.20")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        req
+    };
+    send(&app, request("10.1.2.3:55000")).await;
+    // The same header from a peer that is not a trusted proxy is ignored.
+    send(&app, request("203.0.113.5:41000")).await;
+    apm.force_flush().await.unwrap();
+    let spans = receiver.wait_for(2).await;
+    let behind = spans
+        .iter()
+        .find(|s| s.str_attr("network.peer.address").is_some())
+        .unwrap();
+    assert_eq!(behind.str_attr("client.address").as_deref(), Some("198.51.100.20"));
+    assert_eq!(behind.attr("client.port"), None);
+    assert_eq!(behind.str_attr("network.peer.address").as_deref(), Some("10.1.2.3"));
+    assert_eq!(behind.int_attr("network.peer.port"), Some(55000));
+    let direct = spans
+        .iter()
+        .find(|s| s.str_attr("network.peer.address").is_none())
+        .unwrap();
+    assert_eq!(direct.str_attr("client.address").as_deref(), Some("203.0.113.5"));
+    assert_eq!(direct.int_attr("client.port"), Some(41000));
+    apm.shutdown().await.unwrap();
+}

@@ -55,6 +55,11 @@ pub enum Config {
     SampledMetricsLogs,
     /// `NotSampledMetrics` plus the access log, written to a file.
     NotSampledMetricsLogs,
+    /// `SampledMetricsLogs`, the request carrying the peer's address
+    /// (`ConnectInfo`, as `into_make_service_with_connect_info` gives it).
+    SampledMetricsLogsPeer,
+    /// `SampledMetricsLogsPeer` plus security monitoring (every detector on).
+    SampledMetricsLogsSecurity,
     /// Layer, default `parentbased_always_on`, sampled remote parent.
     SampledTraceparent,
     /// Layer, default `parentbased_always_on`, not-sampled remote parent.
@@ -63,7 +68,7 @@ pub enum Config {
 
 impl Config {
     /// Every configuration, baselines first.
-    pub const ALL: [Config; 11] = [
+    pub const ALL: [Config; 13] = [
         Config::Bare,
         Config::NoopLayer,
         Config::Sampled,
@@ -72,6 +77,8 @@ impl Config {
         Config::NotSampledMetrics,
         Config::SampledMetricsLogs,
         Config::NotSampledMetricsLogs,
+        Config::SampledMetricsLogsPeer,
+        Config::SampledMetricsLogsSecurity,
         Config::BareTraceparent,
         Config::SampledTraceparent,
         Config::NotSampledTraceparent,
@@ -89,6 +96,8 @@ impl Config {
             Config::NotSampledMetrics => "not_sampled_metrics",
             Config::SampledMetricsLogs => "sampled_metrics_logs",
             Config::NotSampledMetricsLogs => "not_sampled_metrics_logs",
+            Config::SampledMetricsLogsPeer => "sampled_metrics_logs_peer",
+            Config::SampledMetricsLogsSecurity => "sampled_metrics_logs_security",
             Config::SampledTraceparent => "sampled_traceparent",
             Config::NotSampledTraceparent => "not_sampled_traceparent",
         }
@@ -110,7 +119,9 @@ impl Config {
             | Config::SampledMetrics
             | Config::NotSampledMetrics
             | Config::SampledMetricsLogs
-            | Config::NotSampledMetricsLogs => Config::Bare,
+            | Config::NotSampledMetricsLogs
+            | Config::SampledMetricsLogsPeer
+            | Config::SampledMetricsLogsSecurity => Config::Bare,
             Config::BareTraceparent | Config::SampledTraceparent | Config::NotSampledTraceparent => {
                 Config::BareTraceparent
             }
@@ -121,7 +132,12 @@ impl Config {
     pub fn exports(self) -> bool {
         matches!(
             self,
-            Config::Sampled | Config::SampledTraceparent | Config::SampledMetrics | Config::SampledMetricsLogs
+            Config::Sampled
+                | Config::SampledTraceparent
+                | Config::SampledMetrics
+                | Config::SampledMetricsLogs
+                | Config::SampledMetricsLogsPeer
+                | Config::SampledMetricsLogsSecurity
         )
     }
 
@@ -134,12 +150,33 @@ impl Config {
                 | Config::NotSampledMetrics
                 | Config::SampledMetricsLogs
                 | Config::NotSampledMetricsLogs
+                | Config::SampledMetricsLogsPeer
+                | Config::SampledMetricsLogsSecurity
         )
     }
 
     /// Whether the access log is on (to a file in the temporary directory).
     fn logs(self) -> bool {
-        matches!(self, Config::SampledMetricsLogs | Config::NotSampledMetricsLogs)
+        matches!(
+            self,
+            Config::SampledMetricsLogs
+                | Config::NotSampledMetricsLogs
+                | Config::SampledMetricsLogsPeer
+                | Config::SampledMetricsLogsSecurity
+        )
+    }
+
+    /// Whether requests carry the peer's address.
+    fn peer(self) -> bool {
+        matches!(
+            self,
+            Config::SampledMetricsLogsPeer | Config::SampledMetricsLogsSecurity
+        )
+    }
+
+    /// Whether security monitoring is on.
+    fn security(self) -> bool {
+        matches!(self, Config::SampledMetricsLogsSecurity)
     }
 
     fn traceparent(self) -> Option<&'static str> {
@@ -151,7 +188,9 @@ impl Config {
             | Config::SampledMetrics
             | Config::NotSampledMetrics
             | Config::SampledMetricsLogs
-            | Config::NotSampledMetricsLogs => None,
+            | Config::NotSampledMetricsLogs
+            | Config::SampledMetricsLogsPeer
+            | Config::SampledMetricsLogsSecurity => None,
             Config::BareTraceparent | Config::SampledTraceparent => Some(TRACEPARENT_SAMPLED),
             Config::NotSampledTraceparent => Some(TRACEPARENT_NOT_SAMPLED),
         }
@@ -160,7 +199,11 @@ impl Config {
     fn sampler(self) -> Option<Sampler> {
         match self {
             Config::Bare | Config::NoopLayer | Config::BareTraceparent => None,
-            Config::Sampled | Config::SampledMetrics | Config::SampledMetricsLogs => Some(Sampler::AlwaysOn),
+            Config::Sampled
+            | Config::SampledMetrics
+            | Config::SampledMetricsLogs
+            | Config::SampledMetricsLogsPeer
+            | Config::SampledMetricsLogsSecurity => Some(Sampler::AlwaysOn),
             Config::NotSampled | Config::NotSampledMetrics | Config::NotSampledMetricsLogs => Some(Sampler::AlwaysOff),
             Config::SampledTraceparent | Config::NotSampledTraceparent => Some(Sampler::default()),
         }
@@ -177,6 +220,7 @@ pub struct Setup {
     host: Option<HeaderValue>,
     traceparent: Option<HeaderValue>,
     access_log: Option<std::path::PathBuf>,
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl Setup {
@@ -185,11 +229,14 @@ impl Setup {
         let access_log = (config.sampler().is_some() && config.logs())
             .then(|| std::env::temp_dir().join(format!("tower-apm-bench-{}.log", std::process::id())));
         let apm = config.sampler().map(|sampler| {
-            let builder = if let Some(path) = &access_log {
+            let mut builder = if let Some(path) = &access_log {
                 Apm::builder().logs(tower_apm::LogOutput::file(path).queue_capacity(65536))
             } else {
                 Apm::builder()
             };
+            if config.security() {
+                builder = builder.security(tower_apm::security::Security::new());
+            }
             builder
                 // A map, so the process environment cannot leak in; a queue large
                 // enough that no span is dropped between two batches.
@@ -224,6 +271,9 @@ impl Setup {
                 .map(|h| HeaderValue::try_from(h).expect("BENCH_HOST is a valid header value")),
             traceparent: config.traceparent().map(HeaderValue::from_static),
             access_log,
+            peer: config
+                .peer()
+                .then(|| std::net::SocketAddr::from(([192, 0, 2, 7], 40000))),
         }
     }
 
@@ -244,6 +294,9 @@ impl Setup {
         }
         if let Some(tp) = &self.traceparent {
             req.headers_mut().insert("traceparent", tp.clone());
+        }
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         }
         req
     }

@@ -334,10 +334,20 @@ pub(crate) struct NotifyCounters {
     pub(crate) dropped: AtomicU64,
 }
 
-/// The evaluation's side of the notification thread.
+/// Alerts for the notification thread: one evaluation's (sent by the rules of
+/// [`should_send`]), or events (security detections: each sent once, as it
+/// comes).
 #[derive(Debug)]
+struct Batch {
+    notices: Vec<Notice>,
+    events: bool,
+}
+
+/// The senders' side of the notification thread (the alert evaluation and the
+/// security monitor share it).
+#[derive(Debug, Clone)]
 pub(crate) struct Dispatcher {
-    tx: SyncSender<Vec<Notice>>,
+    tx: SyncSender<Batch>,
     pub(crate) counters: Arc<NotifyCounters>,
 }
 
@@ -347,7 +357,7 @@ impl Dispatcher {
         for n in &notifiers {
             n.validate()?;
         }
-        let (tx, rx) = sync_channel::<Vec<Notice>>(QUEUE);
+        let (tx, rx) = sync_channel::<Batch>(QUEUE);
         let counters = Arc::new(NotifyCounters::default());
         let c = Arc::clone(&counters);
         crate::export::spawn_export_thread(
@@ -372,6 +382,22 @@ impl Dispatcher {
     /// Hands the alerts of one evaluation (every firing alert and those that
     /// just resolved) to the thread; never waits.
     pub(crate) fn send(&self, batch: Vec<Notice>) {
+        self.enqueue(Batch {
+            notices: batch,
+            events: false,
+        });
+    }
+
+    /// Hands alerts that are events (sent once each, whatever else fires) to
+    /// the thread; never waits.
+    pub(crate) fn send_events(&self, batch: Vec<Notice>) {
+        self.enqueue(Batch {
+            notices: batch,
+            events: true,
+        });
+    }
+
+    fn enqueue(&self, batch: Batch) {
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -392,13 +418,18 @@ struct State {
 fn run(
     rt: &tokio::runtime::Runtime,
     mut states: Vec<State>,
-    rx: &Receiver<Vec<Notice>>,
+    rx: &Receiver<Batch>,
     counters: &NotifyCounters,
     log: &LogWriter,
 ) {
-    while let Ok(batch) = rx.recv() {
+    while let Ok(Batch { notices: batch, events }) = rx.recv() {
         let now = SystemTime::now();
         for state in &mut states {
+            if events {
+                let sent = send(rt, state, &batch, now);
+                count(sent, state, counters, log, None);
+                continue;
+            }
             let firing: BTreeSet<String> = batch
                 .iter()
                 .filter(|n| n.resolved_at.is_none())
@@ -410,30 +441,49 @@ fn run(
                 state.firing = firing;
                 continue;
             }
-            let sent = match &state.notifier.target {
-                Target::Alertmanager => rt.block_on(post(state, alertmanager_body(&batch, now, state.notifier.repeat))),
-                Target::Webhook => rt.block_on(post(state, webhook_body(&batch))),
-                #[cfg(feature = "email")]
-                Target::Email(smtp) => rt.block_on(email(state, smtp, &batch)),
-            };
-            match sent {
-                Ok(()) => {
-                    counters.sent.fetch_add(1, Ordering::Relaxed);
-                    state.last_post = Some(Instant::now());
-                    state.firing = firing;
-                }
-                Err(e) => {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                    let mut line = JsonLine::in_buffer(log.buffer());
-                    line.raw_field("timestamp", |b| write_timestamp(SystemTime::now(), b));
-                    line.str_field("level", "WARN");
-                    line.str_field("target", "tower_apm::alerts");
-                    line.str_field("message", "alert notification failed");
-                    line.str_field("url", &state.notifier.url);
-                    line.str_field("error", &e);
-                    log.write(line.finish());
-                }
+            let sent = send(rt, state, &batch, now);
+            count(sent, state, counters, log, Some(firing));
+        }
+    }
+}
+
+/// One notification of `batch` to one notifier, with its retries.
+fn send(rt: &tokio::runtime::Runtime, state: &State, batch: &[Notice], now: SystemTime) -> Result<(), String> {
+    match &state.notifier.target {
+        Target::Alertmanager => rt.block_on(post(state, alertmanager_body(batch, now, state.notifier.repeat))),
+        Target::Webhook => rt.block_on(post(state, webhook_body(batch))),
+        #[cfg(feature = "email")]
+        Target::Email(smtp) => rt.block_on(email(state, smtp, batch)),
+    }
+}
+
+/// Counts a notification; a failure is logged. An evaluation's notification
+/// (`firing` given) also becomes the one the repeat interval counts from.
+fn count(
+    sent: Result<(), String>,
+    state: &mut State,
+    counters: &NotifyCounters,
+    log: &LogWriter,
+    firing: Option<BTreeSet<String>>,
+) {
+    match sent {
+        Ok(()) => {
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(firing) = firing {
+                state.last_post = Some(Instant::now());
+                state.firing = firing;
             }
+        }
+        Err(e) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            let mut line = JsonLine::in_buffer(log.buffer());
+            line.raw_field("timestamp", |b| write_timestamp(SystemTime::now(), b));
+            line.str_field("level", "WARN");
+            line.str_field("target", "tower_apm::alerts");
+            line.str_field("message", "alert notification failed");
+            line.str_field("url", &state.notifier.url);
+            line.str_field("error", &e);
+            log.write(line.finish());
         }
     }
 }

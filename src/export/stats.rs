@@ -42,6 +42,16 @@ pub struct TelemetryStats {
     pub alert_notifications_failed: u64,
     /// Batches of alerts dropped because the notification queue was full.
     pub alert_notifications_dropped: u64,
+    /// Security events and detections written (log line and audit record).
+    pub security_events: u64,
+    /// Security events dropped because the security queue was full.
+    pub security_events_dropped: u64,
+    /// Detections (brute force, traffic spike, scanning).
+    pub security_detections: u64,
+    /// Detections not sent to the notifiers because of the alert rate limit.
+    pub security_alerts_suppressed: u64,
+    /// Audit records that could not be written (a full disk).
+    pub audit_write_failures: u64,
 }
 
 impl TelemetryStats {

@@ -117,6 +117,12 @@ where
                     Some(mut s) => {
                         s.set_status(res.status().as_u16());
                         let mut res = res;
+                        if s.shared.recorder.wants_security() {
+                            s.record.security_events = res
+                                .extensions_mut()
+                                .remove::<crate::security::ReportedEvents>()
+                                .map(Box::new);
+                        }
                         let id = s.record.request_id.as_bytes();
                         if !id.is_empty() {
                             if let Ok(v) = http::HeaderValue::from_bytes(id) {

@@ -17,6 +17,7 @@
 //!   response passes through without an allocation.
 
 mod body;
+pub(crate) mod client_addr;
 mod future;
 pub(crate) mod in_flight;
 mod service;
@@ -41,6 +42,7 @@ pub(crate) struct Shared {
     pub(crate) sampler: Sampler,
     pub(crate) propagation: Propagation,
     pub(crate) ids: RandomIdGenerator,
+    pub(crate) trusted_proxies: client_addr::TrustedProxies,
 }
 
 type RouteFn = Arc<dyn Fn(&Method, &Uri) -> Option<&'static str> + Send + Sync>;

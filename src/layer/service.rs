@@ -11,7 +11,7 @@ use opentelemetry_sdk::trace::IdGenerator;
 
 use super::future::ResponseFuture;
 use super::in_flight::InFlight;
-use super::{RouteFn, Shared};
+use super::{RouteFn, Shared, client_addr};
 use crate::record::{RequestRecord, Route, ShortStr};
 use crate::trace::propagation::{self, RANDOM_TRACE_ID, RequestHeaders};
 
@@ -72,6 +72,20 @@ impl<S> ApmService<S> {
         };
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+        let trusted = &self.shared.trusted_proxies;
+        let forwarded_client = match peer {
+            Some(p) if found.forwarded && !trusted.is_empty() => trusted.forwarded_client(p.ip(), req.headers()),
+            _ => None,
+        };
+        // Forwarding headers a trusted proxy did not vouch for are kept for
+        // the security events, never believed.
+        let claimed_forwarded = match forwarded_client {
+            None if found.forwarded && self.shared.recorder.wants_security() => {
+                client_addr::claimed(req.headers()).map(ShortStr::new)
+            }
+            _ => None,
+        };
         self.shared.recorder.started(req.method(), https);
         let record = self.shared.recorder.boxed(RequestRecord {
             method: req.method().clone(),
@@ -81,7 +95,10 @@ impl<S> ApmService<S> {
             version: req.version(),
             authority,
             user_agent: found.user_agent.map(|h| ShortStr::new(h.as_bytes())),
-            client: req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0),
+            client: peer,
+            forwarded_client,
+            claimed_forwarded,
+            security_events: None,
             status: None,
             error_type: None,
             panic: None,

@@ -12,7 +12,7 @@
 pub(crate) mod json;
 #[cfg(feature = "otlp-logs")]
 pub(crate) mod otlp;
-mod rotate;
+pub(crate) mod rotate;
 pub(crate) mod writer;
 
 use std::path::PathBuf;
@@ -210,10 +210,10 @@ impl AccessLog {
         line.piece(b",\"response_bytes\":");
         json::push_u64(line.bytes(), r.response_body_bytes);
         line.piece(b",\"client_address\":");
-        match r.client {
-            Some(c) => {
+        match r.client_ip() {
+            Some(ip) => {
                 line.piece(b"\"");
-                json::push_ip(line.bytes(), c.ip());
+                json::push_ip(line.bytes(), ip);
                 line.piece(b"\"");
             }
             None => line.piece(b"null"),

@@ -75,6 +75,8 @@ pub(crate) struct RotatingFile {
     file: BufWriter<File>,
     size: u64,
     period: Option<u64>,
+    /// Whether the file is synced to disk before it is renamed away.
+    sync_on_rotate: bool,
 }
 
 impl RotatingFile {
@@ -90,7 +92,15 @@ impl RotatingFile {
             file: BufWriter::with_capacity(64 * 1024, file),
             size,
             period: rotation.period(now),
+            sync_on_rotate: false,
         })
+    }
+
+    /// Syncs the file to disk before each rotation, so lines written but not yet
+    /// synced are not left behind in a backup the OS has not written out.
+    pub(crate) fn sync_on_rotate(mut self) -> Self {
+        self.sync_on_rotate = true;
+        self
     }
 
     /// Writes whole lines, back to back in `bytes`, rotating before any line
@@ -161,6 +171,31 @@ impl RotatingFile {
         result
     }
 
+    /// Writes out the buffered lines, then syncs the file's data to disk.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file.get_ref().sync_data()
+    }
+
+    /// Writes one whole line (rotating first when due) and hands it to the OS,
+    /// with nothing else buffered. When that fails (a full disk) the file is cut
+    /// back to where the line began, so it never keeps part of a line and the
+    /// next one starts clean.
+    pub(crate) fn write_line_through(&mut self, line: &[u8], now: SystemTime) -> io::Result<()> {
+        self.flush()?;
+        let (result, start) = match self.write_lines(line, now) {
+            // `put` counted the line; a failed flush has dropped it from the buffer.
+            Ok(()) => (self.flush(), self.size - line.len() as u64),
+            Err(e) => (Err(e), self.size),
+        };
+        if result.is_err() {
+            // Best effort: a device such as /dev/full cannot be cut.
+            let _ = self.file.get_ref().set_len(start);
+            self.size = start;
+        }
+        result
+    }
+
     fn backup(&self, suffix: &str) -> PathBuf {
         let mut name = self.path.as_os_str().to_owned();
         name.push(".");
@@ -182,6 +217,9 @@ impl RotatingFile {
     /// `app.log.N-1` -> `app.log.N` ... `app.log` -> `app.log.1`; the oldest goes.
     fn rotate_numbered(&mut self) -> io::Result<()> {
         self.file.flush()?;
+        if self.sync_on_rotate {
+            self.file.get_ref().sync_data()?;
+        }
         if self.backups > 0 {
             let _ = std::fs::remove_file(self.backup(&self.backups.to_string()));
             for i in (1..self.backups).rev() {
@@ -198,34 +236,16 @@ impl RotatingFile {
     /// `app.log` -> `app.log.<period>`; beyond `backups` dated files, the oldest go.
     fn rotate_dated(&mut self, old: u64) -> io::Result<()> {
         self.file.flush()?;
+        if self.sync_on_rotate {
+            self.file.get_ref().sync_data()?;
+        }
         std::fs::rename(&self.path, self.backup(&self.rotation.suffix(old)))?;
         self.prune_dated()?;
         self.reopen()
     }
 
     fn prune_dated(&self) -> io::Result<()> {
-        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
-            return Ok(());
-        };
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        let prefix = format!("{}.", name.to_string_lossy());
-        let mut dated: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .and_then(|n| {
-                        n.strip_prefix(&prefix)
-                            .map(|s| s.starts_with(|c: char| c.is_ascii_digit()))
-                    })
-                    .unwrap_or(false)
-            })
-            .collect();
+        let mut dated = backups(&self.path)?;
         // The suffixes are ISO dates: their order is their age.
         dated.sort();
         let excess = dated.len().saturating_sub(self.backups);
@@ -234,6 +254,33 @@ impl RotatingFile {
         }
         Ok(())
     }
+}
+
+/// The backups of `path` in its directory, numbered or dated (`app.log.<digit>...`),
+/// in no particular order.
+pub(crate) fn backups(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .and_then(|n| {
+                    n.strip_prefix(&prefix)
+                        .map(|s| s.starts_with(|c: char| c.is_ascii_digit()))
+                })
+                .unwrap_or(false)
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ pub(crate) struct RequestHeaders<'a> {
     pub(crate) user_agent: Option<&'a HeaderValue>,
     pub(crate) content_length: Option<&'a HeaderValue>,
     pub(crate) request_id: Option<&'a HeaderValue>,
+    /// `Forwarded` or `X-Forwarded-For` was sent.
+    pub(crate) forwarded: bool,
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -78,6 +80,8 @@ impl<'a> RequestHeaders<'a> {
                 14 if name == http::header::CONTENT_LENGTH => {
                     found.content_length.get_or_insert(value);
                 }
+                9 if name == http::header::FORWARDED => found.forwarded = true,
+                15 if n == "x-forwarded-for" => found.forwarded = true,
                 12 if n == "x-request-id" => {
                     found.request_id.get_or_insert(value);
                 }

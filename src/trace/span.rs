@@ -282,9 +282,24 @@ impl SpanBuilder {
                 attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
             }
         }
-        if let Some(client) = r.client {
-            attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, self.client_address(client.ip())));
-            attrs.push(KeyValue::new(semconv::CLIENT_PORT, i64::from(client.port())));
+        match (r.forwarded_client, r.client) {
+            // Behind a trusted proxy: the client it forwarded, and the proxy as
+            // the connection's peer.
+            (Some(ip), peer) => {
+                attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, self.client_address(ip)));
+                if let Some(peer) = peer {
+                    attrs.push(KeyValue::new(
+                        semconv::NETWORK_PEER_ADDRESS,
+                        self.client_address(peer.ip()),
+                    ));
+                    attrs.push(KeyValue::new(semconv::NETWORK_PEER_PORT, i64::from(peer.port())));
+                }
+            }
+            (None, Some(client)) => {
+                attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, self.client_address(client.ip())));
+                attrs.push(KeyValue::new(semconv::CLIENT_PORT, i64::from(client.port())));
+            }
+            (None, None) => {}
         }
         if let Some(ua) = r.user_agent.as_ref().map(|ua| ua.as_str()).filter(|ua| !ua.is_empty()) {
             attrs.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.to_owned()));

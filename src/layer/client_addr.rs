@@ -1,0 +1,238 @@
+//! The client's address: the connection's peer, or, when the peer is a trusted
+//! proxy, the address the proxies forwarded (`Forwarded`, else `X-Forwarded-For`).
+//!
+//! The forwarded list is read from the right, the hop nearest to us first: every
+//! address that is itself a trusted proxy is skipped and the first one that is
+//! not is the client. A client can put anything at the left of the list, so
+//! nothing left of the first untrusted address is ever believed. A value that is
+//! not an address stops the walk at the last proxy that was trusted.
+//!
+//! From a peer that is not a trusted proxy the headers are ignored: the peer is
+//! the client (the security events record the header, marked untrusted).
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName};
+
+use crate::config::ConfigError;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// One trusted network: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    fn parse(s: &str) -> Option<Net> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.trim().parse::<IpAddr>().ok()?, Some(p.trim().parse::<u8>().ok()?)),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Net { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u128::from(u32::from(net)), u128::from(u32::from(ip)), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => masked(u128::from(net), u128::from(ip), self.prefix, 128),
+            _ => false,
+        }
+    }
+}
+
+fn masked(net: u128, ip: u128, prefix: u8, bits: u8) -> bool {
+    if prefix == 0 {
+        return true;
+    }
+    let shift = u32::from(bits - prefix);
+    (net >> shift) == (ip >> shift)
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, as a dual-stack socket
+/// reports IPv4 peers) as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The proxies whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TrustedProxies {
+    nets: Vec<Net>,
+}
+
+impl TrustedProxies {
+    /// Parses addresses and CIDR networks (`10.0.0.0/8`, `::1`, `fd00::/8`).
+    pub(crate) fn parse<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Result<Self, ConfigError> {
+        let mut nets = Vec::new();
+        for item in items {
+            let item = item.as_ref();
+            let net = Net::parse(item).ok_or_else(|| {
+                ConfigError::setting(
+                    "trusted_proxies",
+                    item,
+                    "an IP address or a CIDR network, for example 10.0.0.0/8 or ::1",
+                )
+            })?;
+            nets.push(net);
+        }
+        Ok(TrustedProxies { nets })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// The client behind `peer` when `peer` is a trusted proxy that forwarded
+    /// one; `None` means the peer itself is the client.
+    pub(crate) fn forwarded_client(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+        if !self.trusts(peer) {
+            return None;
+        }
+        let mut hops = Vec::new();
+        let forwarded = headers.get_all(http::header::FORWARDED);
+        if forwarded.iter().next().is_some() {
+            for value in forwarded {
+                let Ok(v) = value.to_str() else { return None };
+                hops.extend(v.split(',').map(forwarded_for));
+            }
+        } else {
+            for value in headers.get_all(X_FORWARDED_FOR) {
+                let Ok(v) = value.to_str() else { return None };
+                hops.extend(v.split(',').map(|h| parse_hop(h.trim())));
+            }
+        }
+        let mut client = None;
+        for hop in hops.into_iter().rev() {
+            let Some(ip) = hop else { break };
+            client = Some(ip);
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// The raw `Forwarded` or `X-Forwarded-For` value, as claimed (for the
+/// security events), when there is one.
+pub(crate) fn claimed(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(http::header::FORWARDED)
+        .or_else(|| headers.get(X_FORWARDED_FOR))
+        .map(http::HeaderValue::as_bytes)
+}
+
+/// The `for=` address of one `Forwarded` element (RFC 7239).
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| parse_hop(value.trim().trim_matches('"')))?
+    })
+}
+
+/// An address as proxies write it: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`
+/// or `[2001:db8::1]:4711`. Obfuscated identifiers and `unknown` are not.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(a, _)| a.parse().ok()).map(canonical);
+    }
+    s.rsplit_once(':').and_then(|(a, _)| a.parse().ok()).map(canonical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_match_by_prefix_and_mapped_ipv4_counts_as_ipv4() {
+        let t = TrustedProxies::parse(["10.0.0.0/8", "::1", "fd00::/8"]).unwrap();
+        assert!(t.trusts(ip("10.200.3.4")));
+        assert!(t.trusts(ip("::ffff:10.0.0.1")));
+        assert!(!t.trusts(ip("11.0.0.1")));
+        assert!(t.trusts(ip("::1")));
+        assert!(t.trusts(ip("fd12::5")));
+        assert!(!t.trusts(ip("fe80::1")));
+        assert!(TrustedProxies::parse(["0.0.0.0/0"]).unwrap().trusts(ip("8.8.8.8")));
+    }
+
+    #[test]
+    fn a_bad_network_is_a_config_error_naming_it() {
+        let e = TrustedProxies::parse(["10.0.0.0/33"]).unwrap_err().to_string();
+        assert!(e.contains("trusted_proxies") && e.contains("10.0.0.0/33"), "{e}");
+        assert!(TrustedProxies::parse(["proxy.local"]).is_err());
+    }
+
+    #[test]
+    fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+        let t = TrustedProxies::parse(["10.0.0.1"]).unwrap();
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(t.forwarded_client(ip("203.0.113.9"), &h), None);
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        // The client claims 6.6.6.6; the first proxy saw 198.51.100.7.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.2")]);
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), Some(ip("198.51.100.7")));
+        // Split over two header lines, read as one list.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), Some(ip("198.51.100.7")));
+        // Every hop trusted: the leftmost is the client.
+        let h = headers(&[("x-forwarded-for", "10.1.1.1, 10.0.0.2")]);
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), Some(ip("10.1.1.1")));
+        // Garbage stops the walk at the last trusted hop.
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, nonsense, 10.0.0.2")]);
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), Some(ip("10.0.0.2")));
+        // No header: the peer is the client.
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn forwarded_header_takes_precedence_and_its_forms_parse() {
+        let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let h = headers(&[
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=http, for=\"[2001:db8:cafe::17]:4711\";by=10.0.0.1",
+            ),
+            ("x-forwarded-for", "6.6.6.6"),
+        ]);
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), Some(ip("2001:db8:cafe::17")));
+        let h = headers(&[("forwarded", "for=198.51.100.3:80")]);
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), Some(ip("198.51.100.3")));
+        let h = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), None);
+    }
+}
