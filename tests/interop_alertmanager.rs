@@ -292,3 +292,88 @@ async fn a_hanging_notifier_never_holds_up_evaluation_or_requests_and_its_failur
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brute_force_detection_reaches_alertmanager_its_webhook_and_email() {
+    let dir = std::env::temp_dir().join(format!("tower-apm-am-security-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (am_tx, mut am_rx) = mpsc::unbounded_channel::<Value>();
+    let hooks = Router::new().route(
+        "/am",
+        post(move |body: String| {
+            let _ = am_tx.send(serde_json::from_str(&body).unwrap());
+            async { StatusCode::OK }
+        }),
+    );
+    let hooks_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hooks_addr: SocketAddr = hooks_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(hooks_listener, hooks).await.unwrap() });
+    let mut mail = smtp::SmtpServer::start().await;
+    let am = start_alertmanager(&dir, &format!("http://{hooks_addr}/am"), mail.port).await;
+
+    // Security monitoring alone: no alert rules, the detections are the alerts.
+    let apm = Apm::builder()
+        .environment([("OTEL_TRACES_EXPORTER", "none"), ("OTEL_METRICS_EXPORTER", "none")])
+        .service_name("checkout")
+        .logs(LogOutput::file(dir.join("app.log")))
+        .security(tower_apm::security::Security::new())
+        .notify(Notifier::alertmanager(&am.url))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/login",
+            post(|| async {
+                (
+                    tower_apm::security::SecurityEvent::login_failed("admin"),
+                    StatusCode::UNAUTHORIZED,
+                )
+            }),
+        )
+        .layer(apm.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap()
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for _ in 0..10 {
+        let req = http::Request::post(format!("{base}/login"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 401);
+    }
+
+    let alerts = alertmanager_alerts(&am, |a| a.iter().any(|x| x["labels"]["alertname"] == "BruteForce")).await;
+    let ours = alerts
+        .iter()
+        .find(|x| x["labels"]["alertname"] == "BruteForce")
+        .unwrap();
+    assert_eq!(ours["labels"]["client_address"], "127.0.0.1");
+    assert_eq!(ours["labels"]["user"], "admin");
+    assert_eq!(ours["labels"]["service"], "checkout");
+    assert_eq!(ours["annotations"]["event"], "malicious_brute_force:127.0.0.1,admin");
+    assert_eq!(ours["status"]["state"], "active");
+    let routed = next_with_status(&mut am_rx, "firing").await;
+    assert_eq!(routed["alerts"][0]["labels"]["alertname"], "BruteForce");
+    let email = mail.next_message("Subject: [FIRING:1] BruteForce").await;
+    // The body is quoted-printable: lines folded with a trailing `=`.
+    let unfolded = email.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=");
+    assert!(unfolded.contains("10 failed logins from 127.0.0.1"), "{email}");
+    // Counted once the POST's answer is read, just after Alertmanager took it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while apm.stats().alert_notifications_sent == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = apm.stats();
+    assert_eq!(
+        (stats.security_detections, stats.alert_notifications_sent),
+        (1, 1),
+        "{stats:?}"
+    );
+    apm.shutdown().await.unwrap();
+}
