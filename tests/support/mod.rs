@@ -364,13 +364,19 @@ pub fn apm_to(receiver: &Receiver, transport: Transport, extra: &[(&str, &str)])
 /// The demo binary that `cargo test` built next to this test (built on demand when
 /// only this test target was compiled).
 pub fn demo_binary() -> std::path::PathBuf {
+    example_binary("demo")
+}
+
+/// The binary of example `name`, as `cargo test` builds it next to the tests
+/// (built on demand when only one test target was compiled).
+pub fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("demo");
+    let bin = dir.join("examples").join(name);
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "--example", "demo"])
+            .args(["build", "--example", name])
             .status()
             .unwrap();
         assert!(status.success());
