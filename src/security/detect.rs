@@ -411,7 +411,7 @@ impl Detectors {
     pub(crate) fn request(&self, ip: Option<IpAddr>, status: Option<u16>, now_ms: u64, out: &mut dyn FnMut(Detection)) {
         let h = ip.map(|ip| self.key.ip(ip));
         if let Some((cfg, clients, service)) = &self.spike {
-            let n = service.add(0, now_ms).current;
+            let n = service.add_tumbling(0);
             if spiking(cfg, cfg.service_floor, n, service.baseline(0)) && service.flag(0) {
                 out(Detection {
                     kind: DetectionKind::ServiceSpike,
@@ -423,7 +423,7 @@ impl Detectors {
                 });
             }
             if let Some(h) = h {
-                let n = clients.add(h, now_ms).current;
+                let n = clients.add_tumbling(h);
                 match verdict(clients, h, spiking(cfg, cfg.client_floor, n, clients.baseline(h))) {
                     Verdict::Key => out(Detection {
                         kind: DetectionKind::ClientSpike,

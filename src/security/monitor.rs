@@ -129,7 +129,8 @@ impl Monitor {
     }
 
     fn millis(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+        let d = t.saturating_duration_since(self.base);
+        d.as_secs() * 1000 + u64::from(d.subsec_millis())
     }
 
     fn push(&self, item: Item) {

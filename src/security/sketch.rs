@@ -155,21 +155,7 @@ impl Sketch {
     /// clock) and returns its counts.
     pub(crate) fn add(&self, h: u64, now_ms: u64) -> Count {
         let e = self.epoch();
-        let cur = &self.counts[e];
-        let mut values = [u32::MAX; DEPTH];
-        for (row, v) in values.iter_mut().enumerate().take(self.depth) {
-            *v = cur[self.cell(h, row)].load(Relaxed);
-        }
-        let min = values.iter().copied().min().unwrap_or(0);
-        if min == 0 && self.width > 1 {
-            self.totals[e].fetch_add(1, Relaxed);
-        }
-        for (row, v) in values.iter().enumerate().take(self.depth) {
-            if *v == min {
-                cur[self.cell(h, row)].fetch_add(1, Relaxed);
-            }
-        }
-        let current = min.saturating_add(1);
+        let current = self.add_current(h, e);
         let prev = self.min_in(&self.counts[(e + 2) % 3], h);
         let elapsed = now_ms.saturating_sub(self.started_ms.load(Relaxed));
         let left = self.window_ms.saturating_sub(elapsed);
@@ -179,6 +165,33 @@ impl Sketch {
             current,
             sliding: current.saturating_add(carried),
         }
+    }
+
+    /// Counts one event of key `h` and returns its count in the current
+    /// window only (the traffic-spike detector's tumbling windows).
+    pub(crate) fn add_tumbling(&self, h: u64) -> u32 {
+        self.add_current(h, self.epoch())
+    }
+
+    /// Conservative update: only the key's smallest counters grow.
+    fn add_current(&self, h: u64, e: usize) -> u32 {
+        let cur = &self.counts[e];
+        let mut cells = [0usize; DEPTH];
+        let mut values = [u32::MAX; DEPTH];
+        for row in 0..self.depth {
+            cells[row] = self.cell(h, row);
+            values[row] = cur[cells[row]].load(Relaxed);
+        }
+        let min = values.iter().copied().min().unwrap_or(0);
+        if min == 0 && self.width > 1 {
+            self.totals[e].fetch_add(1, Relaxed);
+        }
+        for row in 0..self.depth {
+            if values[row] == min {
+                cur[cells[row]].fetch_add(1, Relaxed);
+            }
+        }
+        min.saturating_add(1)
     }
 
     fn min_in(&self, counts: &[AtomicU32], h: u64) -> u32 {
@@ -228,7 +241,12 @@ impl Sketch {
         for row in 0..2 {
             let bit = row * self.width + (self.cell(h, row) % self.width);
             let mask = 1u64 << (bit % 64);
-            fresh |= flags[bit / 64].fetch_or(mask, Relaxed) & mask == 0;
+            let word = &flags[bit / 64];
+            // Read first: a key that stays over its limit checks, without
+            // writing, on every later request of the window.
+            if word.load(Relaxed) & mask == 0 {
+                fresh |= word.fetch_or(mask, Relaxed) & mask == 0;
+            }
         }
         fresh
     }
