@@ -335,6 +335,14 @@ impl Apm {
         )
     }
 
+    /// A database the application queries, named by its `db.system.name`
+    /// (`postgresql`, `mysql`, `sqlite`, ...): time its queries with
+    /// [`Database::query`](crate::db::Database::query) or
+    /// [`Database::statement`](crate::db::Database::statement). See [`db`](crate::db).
+    pub fn database(&self, system: &str) -> crate::db::Database {
+        crate::db::Database::new(Arc::clone(&self.inner.shared), Arc::clone(&self.inner.logs), system)
+    }
+
     /// Reports a security event from outside a request's response: a job, a
     /// startup check, or a handler that has no response to attach it to. It
     /// carries the trace of the current OpenTelemetry context, when there is
@@ -856,6 +864,7 @@ impl ApmBuilder {
             propagation: config.propagation,
             ids: RandomIdGenerator::default(),
             trusted_proxies,
+            db_used: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Apm {
             inner: Arc::new(Inner {

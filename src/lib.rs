@@ -294,6 +294,7 @@
 mod alerts;
 mod apm;
 mod config;
+pub mod db;
 mod export;
 mod layer;
 mod logs;

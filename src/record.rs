@@ -123,6 +123,8 @@ pub(crate) struct RequestRecord {
     pub(crate) span: SpanContext,
     pub(crate) parent_span_id: SpanId,
     pub(crate) parent_is_remote: bool,
+    /// The database queries its handler awaited.
+    pub(crate) db: crate::db::DbTotals,
 }
 
 impl RequestRecord {
@@ -149,6 +151,23 @@ pub(crate) struct ClientRecord {
     pub(crate) version: Version,
     pub(crate) status: Option<u16>,
     pub(crate) error_type: Option<&'static str>,
+    pub(crate) start: Instant,
+    pub(crate) duration: Duration,
+    pub(crate) span: SpanContext,
+    pub(crate) parent_span_id: SpanId,
+}
+
+/// Everything known about one database query timed through [`crate::db`].
+#[derive(Debug)]
+pub(crate) struct DbRecord {
+    pub(crate) config: Arc<crate::db::DbConfig>,
+    pub(crate) operation: Option<ShortStr>,
+    pub(crate) collection: Option<ShortStr>,
+    /// As the application wrote it: sanitized before it leaves the process.
+    pub(crate) statement: Option<Box<str>>,
+    pub(crate) error_type: Option<std::borrow::Cow<'static, str>>,
+    /// The SQLSTATE of a PostgreSQL error.
+    pub(crate) status_code: Option<String>,
     pub(crate) start: Instant,
     pub(crate) duration: Duration,
     pub(crate) span: SpanContext,
@@ -258,6 +277,19 @@ impl Recorder {
             }
         }
         self.recycle(record);
+    }
+
+    /// A database query ended: the histogram (and the slow-query counter), and
+    /// its span when sampled.
+    pub(crate) fn finish_db(&self, record: Box<DbRecord>, slow: bool) {
+        if let Some(m) = &self.metrics {
+            m.db.record(&record, slow);
+        }
+        if let Some(queue) = &self.spans {
+            if record.span.is_sampled() {
+                queue.push(Item::Db(record));
+            }
+        }
     }
 
     pub(crate) fn finish_client(&self, record: Box<ClientRecord>) {

@@ -71,6 +71,18 @@ async fn promtool_accepts_the_text_format_with_every_metric_family() {
     let app = app(&apm);
     send(&app, "/users/1", None).await;
     send(&app, "/error", None).await;
+    // Database metrics too: a query, a slow one and a failed one.
+    let db = apm
+        .database("postgresql")
+        .slow_query_threshold(std::time::Duration::ZERO);
+    db.statement("SELECT id FROM users WHERE id = $1")
+        .run(async { Ok::<_, std::io::Error>(()) })
+        .await
+        .unwrap();
+    let _ = db
+        .query("INSERT", Some("orders"))
+        .run(async { Err::<(), _>(std::io::Error::other("refused")) })
+        .await;
     let res = apm
         .metrics_router()
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
@@ -79,6 +91,8 @@ async fn promtool_accepts_the_text_format_with_every_metric_family() {
     let text = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("http_server_request_duration_seconds_bucket{"), "{text}");
     assert!(text.contains("process_cpu_time_seconds_total{"), "{text}");
+    assert!(text.contains("db_client_operation_duration_seconds_bucket{"), "{text}");
+    assert!(text.contains("tower_apm_db_slow_queries_total{"), "{text}");
     if let Err(e) = promtool_check(&text) {
         panic!("promtool check metrics rejected our output: {e}\n{text}");
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::Notify;
 
-use crate::record::{ClientRecord, RequestRecord};
+use crate::record::{ClientRecord, DbRecord, RequestRecord};
 
 /// One span waiting for export.
 #[derive(Debug)]
@@ -25,6 +25,8 @@ pub(crate) enum Item {
     Server(Box<RequestRecord>),
     /// A client span, still as the client layer's record.
     Client(Box<ClientRecord>),
+    /// A database query's span, as its record.
+    Db(Box<DbRecord>),
     /// A span finished through the SDK tracer (for example by `tracing-opentelemetry`).
     Sdk(Box<SpanData>),
 }

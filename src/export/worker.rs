@@ -124,6 +124,7 @@ impl Worker {
                         span
                     }
                     Item::Client(r) => self.spans.client_span(r, &clock),
+                    Item::Db(r) => self.spans.db_span(&r, &clock),
                     Item::Sdk(s) => {
                         // `tracing` spans carry their fields as attributes.
                         let mut s = *s;

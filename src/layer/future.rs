@@ -101,10 +101,21 @@ where
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(Ok(internal_error(this.state.take())));
         };
+        // The request's database totals are this thread's while its handler is
+        // polled, when a `Database` exists.
+        let db = match this.state.as_ref() {
+            Some(s) if s.shared.db_used.load(std::sync::atomic::Ordering::Relaxed) => {
+                Some(crate::db::enter(s.record.db))
+            }
+            _ => None,
+        };
         let polled = {
             let _guard = this.cx.as_ref().map(|c| c.clone().attach());
             catch_unwind(AssertUnwindSafe(|| inner.poll(cx)))
         };
+        if let (Some(previous), Some(s)) = (db, this.state.as_mut()) {
+            s.record.db = crate::db::leave(previous);
+        }
         match polled {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(Ok(mut res))) => {

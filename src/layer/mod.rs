@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     pub(crate) propagation: Propagation,
     pub(crate) ids: RandomIdGenerator,
     pub(crate) trusted_proxies: client_addr::TrustedProxies,
+    /// Whether a [`Database`](crate::db::Database) was made: requests then
+    /// count their handler's queries.
+    pub(crate) db_used: std::sync::atomic::AtomicBool,
 }
 
 type RouteFn = Arc<dyn Fn(&Method, &Uri) -> Option<&'static str> + Send + Sync>;

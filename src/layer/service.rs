@@ -110,6 +110,7 @@ impl<S> ApmService<S> {
             span,
             parent_span_id,
             parent_is_remote,
+            db: crate::db::DbTotals::default(),
         });
         InFlight {
             shared: Arc::clone(&self.shared),

@@ -146,7 +146,8 @@ impl LogOutput {
 
 /// The access log: one line per request, written when the response body ends (or
 /// the request is abandoned), with `method`, `route`, `path`, `query` (sensitive
-/// values redacted), `status`, `duration_ms`, `response_bytes`,
+/// values redacted), `status`, `duration_ms`, `response_bytes`, `db_queries` and
+/// `db_ms` when the handler queried a [`Database`](crate::db::Database),
 /// `client_address`, `user_agent`, `request_id`, `trace_id`, `span_id`, and
 /// `error_type` when there was one.
 #[derive(Debug)]
@@ -209,6 +210,12 @@ impl AccessLog {
         line.milli_field("duration_ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
         line.piece(b",\"response_bytes\":");
         json::push_u64(line.bytes(), r.response_body_bytes);
+        if r.db.count > 0 {
+            // The queries the handler awaited, and their time together.
+            line.piece(b",\"db_queries\":");
+            json::push_u64(line.bytes(), u64::from(r.db.count));
+            line.milli_field("db_ms", r.db.nanos / 1000);
+        }
         line.piece(b",\"client_address\":");
         match r.client_ip() {
             Some(ip) => {

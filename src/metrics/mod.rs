@@ -18,6 +18,7 @@
 //! overflow series (`otel.metric.overflow="true"`, as the OpenTelemetry SDKs do),
 //! and counts those requests.
 
+pub(crate) mod db;
 pub(crate) mod otlp;
 pub(crate) mod process;
 pub(crate) mod prometheus;
@@ -103,7 +104,7 @@ pub(crate) struct HistogramSnapshot {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [u64]) -> Self {
+    pub(crate) fn new(bounds: &'static [u64]) -> Self {
         debug_assert!(bounds.len() < 16);
         Histogram {
             bounds,
@@ -113,7 +114,7 @@ impl Histogram {
     }
 
     /// Counts `v`; returns its bucket.
-    fn observe(&self, v: u64) -> usize {
+    pub(crate) fn observe(&self, v: u64) -> usize {
         let i = self.bounds.partition_point(|b| *b < v);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(v, Ordering::Relaxed);
@@ -243,7 +244,7 @@ impl Key<'_> {
 
 /// The map is keyed by the precomputed hash: a `u64` needs no hashing again.
 #[derive(Default)]
-struct IdentityHasher(u64);
+pub(crate) struct IdentityHasher(u64);
 
 impl Hasher for IdentityHasher {
     fn finish(&self) -> u64 {
@@ -274,6 +275,8 @@ pub(crate) struct Metrics {
     /// When the cumulative metrics started (OTLP `start_time_unix_nano`).
     pub(crate) start: SystemTime,
     pub(crate) cpu: process::CpuUtilization,
+    /// `db.client.operation.duration` and the slow queries.
+    pub(crate) db: db::DbMetrics,
 }
 
 /// `SeriesMap` with a `Debug` that prints its size, not every series.
@@ -307,6 +310,7 @@ impl Metrics {
             active: Default::default(),
             start: SystemTime::now(),
             cpu: process::CpuUtilization::new(),
+            db: db::DbMetrics::new(max_series),
         }
     }
 

@@ -29,6 +29,7 @@ use opentelemetry_semantic_conventions::{attribute as semconv, metric as names};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
+use super::db::{DB_BOUNDS_S, DbSeries};
 use super::process::{self, CpuUtilization, ProcessSample};
 use super::{DURATION_BOUNDS_S, Exemplar, HistogramSnapshot, Metrics, SIZE_BOUNDS, Series};
 use crate::config::{ConfigError, MetricsConfig, OtlpConfig, Protocol};
@@ -313,6 +314,35 @@ fn series_attributes(s: &Series) -> Vec<KeyValue> {
     out
 }
 
+/// The attributes of a database series, as the database semantic conventions
+/// name them.
+fn db_attributes(s: &DbSeries) -> Vec<KeyValue> {
+    let a = &s.attrs;
+    if a.overflow {
+        return vec![kv("otel.metric.overflow", any_value::Value::BoolValue(true))];
+    }
+    let mut out = vec![kv_str(semconv::DB_SYSTEM_NAME, &a.system)];
+    if let Some(op) = &a.operation {
+        out.push(kv_str(semconv::DB_OPERATION_NAME, op));
+    }
+    if let Some(c) = &a.collection {
+        out.push(kv_str(semconv::DB_COLLECTION_NAME, c));
+    }
+    if let Some(ns) = &a.namespace {
+        out.push(kv_str(semconv::DB_NAMESPACE, ns));
+    }
+    if let Some((host, port)) = &a.server {
+        out.push(kv_str(semconv::SERVER_ADDRESS, host));
+        if let Some(p) = port {
+            out.push(kv(semconv::SERVER_PORT, any_value::Value::IntValue(i64::from(*p))));
+        }
+    }
+    if let Some(e) = &a.error_type {
+        out.push(kv_str(semconv::ERROR_TYPE, e));
+    }
+    out
+}
+
 struct Times {
     start: u64,
     now: u64,
@@ -428,6 +458,40 @@ pub(crate) fn encode(
         "By",
         histogram(|s| s.response_size.snapshot(), &sizes, 1.0, false),
     ));
+    let db = metrics.db.series();
+    if !db.is_empty() {
+        let bounds = DB_BOUNDS_S.to_vec();
+        let points = db
+            .iter()
+            .map(|s| histogram_point(db_attributes(s), &s.duration.snapshot(), bounds.clone(), 1e9, &[], &t))
+            .collect();
+        out.push(metric(
+            names::DB_CLIENT_OPERATION_DURATION,
+            "Duration of database client operations.",
+            "s",
+            metric::Data::Histogram(ProtoHistogram {
+                data_points: points,
+                aggregation_temporality: cumulative,
+            }),
+        ));
+        let slow = db
+            .iter()
+            .map(|s| {
+                let n = s.slow.load(std::sync::atomic::Ordering::Relaxed);
+                number(
+                    db_attributes(s),
+                    number_data_point::Value::AsInt(i64::try_from(n).unwrap_or(i64::MAX)),
+                    &t,
+                )
+            })
+            .collect();
+        out.push(metric(
+            "tower_apm.db.slow_queries",
+            "Database queries slower than their threshold.",
+            "{query}",
+            sum(slow, true),
+        ));
+    }
     let active = metrics
         .active()
         .into_iter()

@@ -18,8 +18,9 @@ use axum::routing::get;
 use opentelemetry_sdk::Resource;
 use opentelemetry_semantic_conventions::{attribute as semconv, metric as names};
 
+use super::db::{DB_BOUNDS_S, DbSeries};
 use super::process::ProcessSample;
-use super::{DURATION_BOUNDS_S, HistogramSnapshot, Metrics, SIZE_BOUNDS, Series};
+use super::{DURATION_BOUNDS_S, Exemplar, HistogramSnapshot, Metrics, SIZE_BOUNDS, Series};
 use crate::export::TelemetryStats;
 
 /// `Content-Type` of the text format.
@@ -178,17 +179,32 @@ fn histogram(
     pick: impl Fn(&Series) -> HistogramSnapshot,
     exemplars: bool,
 ) {
-    for s in series {
-        let snap = pick(s);
+    let om = w.format == Format::OpenMetrics;
+    let points = series
+        .iter()
+        .map(|s| (series_labels(s), pick(s), (exemplars && om).then(|| s.exemplars())));
+    histogram_points(w, name, bounds, per_unit, points);
+}
+
+/// The samples of one histogram family: per point its labels, counts and
+/// (OpenMetrics) exemplars.
+fn histogram_points(
+    w: &mut Writer,
+    name: &str,
+    bounds: &[f64],
+    per_unit: f64,
+    points: impl Iterator<
+        Item = (
+            Vec<(&'static str, String)>,
+            HistogramSnapshot,
+            Option<[Option<Exemplar>; 15]>,
+        ),
+    >,
+) {
+    for (labels, snap, ex) in points {
         if snap.count == 0 {
             continue; // a series with no observations here (no request body)
         }
-        let labels = series_labels(s);
-        let ex = if exemplars && w.format == Format::OpenMetrics {
-            Some(s.exemplars())
-        } else {
-            None
-        };
         let mut cumulative = 0;
         for (i, count) in snap.counts.iter().enumerate() {
             cumulative += count;
@@ -213,6 +229,64 @@ fn histogram(
         w.sample(&format!("{name}_sum"), &l, &float(snap.sum as f64 / per_unit));
         w.out.push('\n');
         w.sample(&format!("{name}_count"), &l, &snap.count.to_string());
+        w.out.push('\n');
+    }
+}
+
+/// The labels of a database series, in semantic-convention names.
+fn db_labels(s: &DbSeries) -> Vec<(&'static str, String)> {
+    let a = &s.attrs;
+    if a.overflow {
+        return vec![("otel_metric_overflow", "true".into())];
+    }
+    let mut l = vec![("db_system_name", a.system.to_string())];
+    if let Some(op) = &a.operation {
+        l.push(("db_operation_name", op.to_string()));
+    }
+    if let Some(c) = &a.collection {
+        l.push(("db_collection_name", c.to_string()));
+    }
+    if let Some(ns) = &a.namespace {
+        l.push(("db_namespace", ns.to_string()));
+    }
+    if let Some((host, port)) = &a.server {
+        l.push(("server_address", host.to_string()));
+        if let Some(p) = port {
+            l.push(("server_port", p.to_string()));
+        }
+    }
+    if let Some(e) = &a.error_type {
+        l.push(("error_type", e.to_string()));
+    }
+    l
+}
+
+/// `db.client.operation.duration` and the slow-query counter, when a query
+/// was timed.
+fn database(w: &mut Writer, metrics: &Metrics) {
+    let series = metrics.db.series();
+    if series.is_empty() {
+        return;
+    }
+    let duration = prom_name(names::DB_CLIENT_OPERATION_DURATION, "seconds");
+    w.family(
+        &duration,
+        "histogram",
+        "seconds",
+        "Duration of database client operations.",
+    );
+    let points = series.iter().map(|s| (db_labels(s), s.duration.snapshot(), None));
+    histogram_points(w, &duration, &DB_BOUNDS_S, 1e9, points);
+    let slow = "tower_apm_db_slow_queries";
+    w.family(slow, "counter", "", "Database queries slower than their threshold.");
+    for s in &series {
+        let labels = db_labels(s);
+        let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        w.sample(
+            &format!("{slow}_total"),
+            &l,
+            &s.slow.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+        );
         w.out.push('\n');
     }
 }
@@ -287,6 +361,8 @@ pub(crate) fn render(scrape: &Scrape<'_>, format: Format) -> String {
         |s| s.response_size.snapshot(),
         false,
     );
+
+    database(&mut w, scrape.metrics);
 
     let active = prom_name(names::HTTP_SERVER_ACTIVE_REQUESTS, "");
     w.family(&active, "gauge", "", "Number of active HTTP server requests.");

@@ -17,12 +17,17 @@ use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
-use crate::record::{ClientRecord, RequestRecord, Route};
+use crate::record::{ClientRecord, DbRecord, RequestRecord, Route};
 use crate::redact::redact_query;
 
 /// Caps the route cache; routes are few, but a misconfigured route function must
 /// not grow memory without bound. Past the cap, names are formatted per span.
 const MAX_CACHED_ROUTES: usize = 1024;
+
+/// The database queries a request's handler awaited, on its server span.
+pub(crate) const DB_OPERATIONS: &str = "tower_apm.db.operations";
+/// The seconds those queries took together.
+pub(crate) const DB_DURATION: &str = "tower_apm.db.duration";
 
 /// Per route template: the shared `http.route` value and the span names made for
 /// it, one per method. Process-wide, so the bounded set of leaked names is made once
@@ -108,6 +113,10 @@ impl Clock {
 const MAX_CACHED_AUTHORITIES: usize = 64;
 /// Distinct client addresses whose `client.address` string is kept.
 const MAX_CACHED_CLIENTS: usize = 4096;
+/// Distinct statements whose sanitized text is kept (an application has a
+/// fixed set; one building statements with literals in them would not fill
+/// memory, only the cache, which is emptied when full).
+const MAX_CACHED_STATEMENTS: usize = 1024;
 
 /// `server.address` (shared) and `server.port` of one authority.
 type ServerAddress = (Arc<str>, Option<u16>);
@@ -123,6 +132,8 @@ pub(crate) struct SpanBuilder {
     /// `client.address` strings: formatted and allocated once per address seen
     /// recently, shared by every span after that (emptied when full).
     clients: HashMap<IpAddr, Arc<str>, Fnv>,
+    /// Statements as written, to their sanitized `db.query.text`.
+    statements: HashMap<Box<str>, StringValue>,
 }
 
 impl Default for SpanBuilder {
@@ -134,6 +145,7 @@ impl Default for SpanBuilder {
                 .build(),
             authorities: HashMap::with_hasher(Fnv),
             clients: HashMap::with_hasher(Fnv),
+            statements: HashMap::new(),
         }
     }
 }
@@ -307,6 +319,11 @@ impl SpanBuilder {
         if let Some(e) = r.error_type {
             attrs.push(KeyValue::new(semconv::ERROR_TYPE, e));
         }
+        if r.db.count > 0 {
+            // Not in the semantic conventions: the "N+1 queries" signal.
+            attrs.push(KeyValue::new(DB_OPERATIONS, i64::from(r.db.count)));
+            attrs.push(KeyValue::new(DB_DURATION, r.db.nanos as f64 / 1e9));
+        }
         let start_time = clock.at(r.start);
         let end_time = start_time + r.duration;
         let mut events = SpanEvents::default();
@@ -337,6 +354,86 @@ impl SpanBuilder {
             attributes: attrs,
             dropped_attributes_count: 0,
             events,
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+
+    /// `db.query.text` of a statement: sanitized once, then shared.
+    fn query_text(&mut self, statement: &str) -> StringValue {
+        if let Some(s) = self.statements.get(statement) {
+            return s.clone();
+        }
+        if self.statements.len() >= MAX_CACHED_STATEMENTS {
+            self.statements.clear();
+        }
+        let text = StringValue::from(crate::db::sanitize::sanitize(statement));
+        self.statements.insert(statement.into(), text.clone());
+        text
+    }
+
+    /// The CLIENT span of one database query, named as the database semantic
+    /// conventions say: `{operation} {table}`, else the operation, else the
+    /// database system.
+    pub(crate) fn db_span(&mut self, r: &DbRecord, clock: &Clock) -> SpanData {
+        let c = &r.config;
+        let mut attrs = Vec::with_capacity(9);
+        attrs.push(KeyValue::new(
+            semconv::DB_SYSTEM_NAME,
+            Value::String(c.system.to_string().into()),
+        ));
+        let operation = r.operation.as_ref().map(|o| o.as_str()).filter(|o| !o.is_empty());
+        let collection = r.collection.as_ref().map(|o| o.as_str()).filter(|o| !o.is_empty());
+        if let Some(op) = operation {
+            attrs.push(KeyValue::new(semconv::DB_OPERATION_NAME, op.to_owned()));
+        }
+        if let Some(t) = collection {
+            attrs.push(KeyValue::new(semconv::DB_COLLECTION_NAME, t.to_owned()));
+        }
+        if let Some(ns) = &c.namespace {
+            attrs.push(KeyValue::new(semconv::DB_NAMESPACE, ns.to_string()));
+        }
+        if let Some(st) = &r.statement {
+            attrs.push(KeyValue::new(
+                semconv::DB_QUERY_TEXT,
+                Value::String(self.query_text(st)),
+            ));
+        }
+        if let Some((host, port)) = &c.server {
+            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_string()));
+            if let Some(p) = port {
+                attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(*p)));
+            }
+        }
+        if let Some(e) = &r.error_type {
+            attrs.push(KeyValue::new(semconv::ERROR_TYPE, e.to_string()));
+        }
+        if let Some(code) = &r.status_code {
+            attrs.push(KeyValue::new(semconv::DB_RESPONSE_STATUS_CODE, code.clone()));
+        }
+        let name: Cow<'static, str> = match (operation, collection) {
+            (Some(op), Some(t)) => format!("{op} {t}").into(),
+            (Some(op), None) => op.to_owned().into(),
+            (None, _) => c.system.to_string().into(),
+        };
+        let status = if r.error_type.is_some() {
+            Status::error("")
+        } else {
+            Status::Unset
+        };
+        let start_time = clock.at(r.start);
+        SpanData {
+            span_context: r.span.clone(),
+            parent_span_id: r.parent_span_id,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name,
+            start_time,
+            end_time: start_time + r.duration,
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
             links: SpanLinks::default(),
             status,
             instrumentation_scope: self.scope.clone(),
