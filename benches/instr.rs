@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         config.name(),
         config.baseline().name()
     );
-    let expected = if config.exports() { WARMUP + n } else { 0 };
+    let expected = (WARMUP + n) * config.spans_per_request();
     if stats.spans_exported != expected || stats.spans_dropped() != 0 {
         eprintln!(
             "{}: expected {expected} spans exported and none dropped, got {} exported, {} dropped",

@@ -35,7 +35,8 @@ if [ -n "$PEERS" ]; then
 else
     OUT=${OUT:-target/instr}
     ALL=(bare noop_layer sampled not_sampled sampled_metrics not_sampled_metrics sampled_metrics_logs
-        not_sampled_metrics_logs sampled_metrics_logs_peer sampled_metrics_logs_security bare_traceparent sampled_traceparent not_sampled_traceparent)
+        not_sampled_metrics_logs sampled_metrics_logs_peer sampled_metrics_logs_security sampled_metrics_queries
+        sampled_metrics_queries_timed bare_traceparent sampled_traceparent not_sampled_traceparent)
 fi
 if [ $# -gt 0 ]; then CONFIGS=("$@"); else CONFIGS=("${ALL[@]}"); fi
 
@@ -113,6 +114,7 @@ done
 baseline() {
     case "$1" in
         *_traceparent) echo bare_traceparent ;;
+        sampled_metrics_queries_timed) echo sampled_metrics_queries ;; # 10 queries a request
         *) echo bare ;;
     esac
 }

@@ -204,6 +204,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Database queries
+//!
+//! [`Apm::database`] describes a database; [`db::Database::statement`] (or
+//! [`db::Database::query`]) and [`db::Query::run`] time one query, any driver's
+//! future: a CLIENT span under the request's span with the database semantic
+//! conventions (the statement sanitized), the `db.client.operation.duration`
+//! histogram, a log line for a slow query, and the request's query count and
+//! time on its server span. Feature `postgres`: `db::postgres::Client` times
+//! every query of a `tokio_postgres` client. See [`db`].
+//!
 //! ## Security monitoring
 //!
 //! [`ApmBuilder::security`] turns on security events named with the OWASP
@@ -271,6 +281,7 @@
 //! - [`ClientLayer`]: the client layer for outgoing calls.
 //! - [`JsonLayer`], [`LogOutput`], [`Rotation`]: structured logs.
 //! - [`Alert`], [`Slo`], [`Notifier`], [`AlertState`], [`Threshold`]: alerts and SLOs.
+//! - [`db`]: database query timing.
 //! - [`security`]: security events, detectors and the audit log.
 //! - [`Shutdown`] ([`ShutdownBuilder`], [`ShutdownLayer`], [`Worker`], [`Phase`]):
 //!   graceful shutdown.
@@ -284,9 +295,11 @@
 //!   (`OTEL_LOGS_EXPORTER`, `OTEL_EXPORTER_OTLP_LOGS_*`).
 //! - `email`: alert notifications by email (`Notifier::email`, `Smtp`), through
 //!   `lettre` with rustls.
+//! - `postgres`: `db::postgres::Client`, a `tokio_postgres` client whose queries
+//!   are timed.
 //! - `interop`: tests against real servers (a real OpenTelemetry collector,
-//!   Prometheus and promtool, Alertmanager, an SMTP server, the W3C trace-context
-//!   suite); `.ci/run` installs them.
+//!   Prometheus and promtool, Alertmanager, an SMTP server, PostgreSQL, the W3C
+//!   trace-context suite); `.ci/run` installs them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]

@@ -161,10 +161,8 @@ pub(crate) struct ClientRecord {
 #[derive(Debug)]
 pub(crate) struct DbRecord {
     pub(crate) config: Arc<crate::db::DbConfig>,
-    pub(crate) operation: Option<ShortStr>,
-    pub(crate) collection: Option<ShortStr>,
-    /// As the application wrote it: sanitized before it leaves the process.
-    pub(crate) statement: Option<Box<str>>,
+    /// Its operation, table and statement, shared with every query like it.
+    pub(crate) shape: Arc<crate::db::shape::QueryShape>,
     pub(crate) error_type: Option<std::borrow::Cow<'static, str>>,
     /// The SQLSTATE of a PostgreSQL error.
     pub(crate) status_code: Option<String>,
@@ -277,6 +275,18 @@ impl Recorder {
             }
         }
         self.recycle(record);
+    }
+
+    /// Boxes a query record, reusing a box the export thread emptied when one
+    /// is waiting.
+    pub(crate) fn boxed_db(&self, record: DbRecord) -> Box<DbRecord> {
+        match self.spans.as_ref().and_then(|q| q.reuse_db()) {
+            Some(mut spare) => {
+                *spare = record;
+                spare
+            }
+            None => Box::new(record),
+        }
     }
 
     /// A database query ended: the histogram (and the slow-query counter), and

@@ -60,6 +60,12 @@ pub enum Config {
     SampledMetricsLogsPeer,
     /// `SampledMetricsLogsPeer` plus security monitoring (every detector on).
     SampledMetricsLogsSecurity,
+    /// `SampledMetrics`, the handler awaiting 10 queries (ready futures): the
+    /// baseline of `SampledMetricsQueriesTimed`.
+    SampledMetricsQueries,
+    /// `SampledMetricsQueries` with every query timed through `Apm::database`
+    /// (a span each, exported, the histogram, the request's totals).
+    SampledMetricsQueriesTimed,
     /// Layer, default `parentbased_always_on`, sampled remote parent.
     SampledTraceparent,
     /// Layer, default `parentbased_always_on`, not-sampled remote parent.
@@ -68,7 +74,7 @@ pub enum Config {
 
 impl Config {
     /// Every configuration, baselines first.
-    pub const ALL: [Config; 13] = [
+    pub const ALL: [Config; 15] = [
         Config::Bare,
         Config::NoopLayer,
         Config::Sampled,
@@ -79,6 +85,8 @@ impl Config {
         Config::NotSampledMetricsLogs,
         Config::SampledMetricsLogsPeer,
         Config::SampledMetricsLogsSecurity,
+        Config::SampledMetricsQueries,
+        Config::SampledMetricsQueriesTimed,
         Config::BareTraceparent,
         Config::SampledTraceparent,
         Config::NotSampledTraceparent,
@@ -98,6 +106,8 @@ impl Config {
             Config::NotSampledMetricsLogs => "not_sampled_metrics_logs",
             Config::SampledMetricsLogsPeer => "sampled_metrics_logs_peer",
             Config::SampledMetricsLogsSecurity => "sampled_metrics_logs_security",
+            Config::SampledMetricsQueries => "sampled_metrics_queries",
+            Config::SampledMetricsQueriesTimed => "sampled_metrics_queries_timed",
             Config::SampledTraceparent => "sampled_traceparent",
             Config::NotSampledTraceparent => "not_sampled_traceparent",
         }
@@ -121,7 +131,9 @@ impl Config {
             | Config::SampledMetricsLogs
             | Config::NotSampledMetricsLogs
             | Config::SampledMetricsLogsPeer
-            | Config::SampledMetricsLogsSecurity => Config::Bare,
+            | Config::SampledMetricsLogsSecurity
+            | Config::SampledMetricsQueries => Config::Bare,
+            Config::SampledMetricsQueriesTimed => Config::SampledMetricsQueries,
             Config::BareTraceparent | Config::SampledTraceparent | Config::NotSampledTraceparent => {
                 Config::BareTraceparent
             }
@@ -138,6 +150,8 @@ impl Config {
                 | Config::SampledMetricsLogs
                 | Config::SampledMetricsLogsPeer
                 | Config::SampledMetricsLogsSecurity
+                | Config::SampledMetricsQueries
+                | Config::SampledMetricsQueriesTimed
         )
     }
 
@@ -152,6 +166,8 @@ impl Config {
                 | Config::NotSampledMetricsLogs
                 | Config::SampledMetricsLogsPeer
                 | Config::SampledMetricsLogsSecurity
+                | Config::SampledMetricsQueries
+                | Config::SampledMetricsQueriesTimed
         )
     }
 
@@ -179,6 +195,24 @@ impl Config {
         matches!(self, Config::SampledMetricsLogsSecurity)
     }
 
+    /// Spans a request exports: its server span, and one per timed query.
+    #[allow(dead_code, reason = "used by instr.rs, not layer.rs")]
+    pub fn spans_per_request(self) -> u64 {
+        match self.queries() {
+            Some(true) => 1 + u64::from(QUERIES),
+            _ => u64::from(self.exports()),
+        }
+    }
+
+    /// How the handler's queries run: none, plain, or timed.
+    fn queries(self) -> Option<bool> {
+        match self {
+            Config::SampledMetricsQueries => Some(false),
+            Config::SampledMetricsQueriesTimed => Some(true),
+            _ => None,
+        }
+    }
+
     fn traceparent(self) -> Option<&'static str> {
         match self {
             Config::Bare
@@ -190,7 +224,9 @@ impl Config {
             | Config::SampledMetricsLogs
             | Config::NotSampledMetricsLogs
             | Config::SampledMetricsLogsPeer
-            | Config::SampledMetricsLogsSecurity => None,
+            | Config::SampledMetricsLogsSecurity
+            | Config::SampledMetricsQueries
+            | Config::SampledMetricsQueriesTimed => None,
             Config::BareTraceparent | Config::SampledTraceparent => Some(TRACEPARENT_SAMPLED),
             Config::NotSampledTraceparent => Some(TRACEPARENT_NOT_SAMPLED),
         }
@@ -203,12 +239,19 @@ impl Config {
             | Config::SampledMetrics
             | Config::SampledMetricsLogs
             | Config::SampledMetricsLogsPeer
-            | Config::SampledMetricsLogsSecurity => Some(Sampler::AlwaysOn),
+            | Config::SampledMetricsLogsSecurity
+            | Config::SampledMetricsQueries
+            | Config::SampledMetricsQueriesTimed => Some(Sampler::AlwaysOn),
             Config::NotSampled | Config::NotSampledMetrics | Config::NotSampledMetricsLogs => Some(Sampler::AlwaysOff),
             Config::SampledTraceparent | Config::NotSampledTraceparent => Some(Sampler::default()),
         }
     }
 }
+
+/// Queries the handler of the `*_queries*` configurations awaits per request.
+pub const QUERIES: u32 = 10;
+/// Their statement.
+const QUERY: &str = "SELECT id, name, email FROM users WHERE id = $1 AND active = true";
 
 /// A built configuration: the router, and the `Apm` behind its layer (none for
 /// the bare ones).
@@ -225,7 +268,6 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(config: Config) -> Setup {
-        let router = Router::new().route("/users/{id}", get(|| async { "hello, user" }));
         let access_log = (config.sampler().is_some() && config.logs())
             .then(|| std::env::temp_dir().join(format!("tower-apm-bench-{}.log", std::process::id())));
         let apm = config.sampler().map(|sampler| {
@@ -253,6 +295,29 @@ impl Setup {
                 .build()
                 .expect("the bench configuration is valid")
         });
+        let router = match (config.queries(), &apm) {
+            (Some(timed), Some(apm)) => {
+                let db = timed.then(|| apm.database("postgresql"));
+                Router::new().route(
+                    "/users/{id}",
+                    get(move || {
+                        let db = db.clone();
+                        async move {
+                            for i in 0..QUERIES {
+                                let query = std::future::ready(Ok::<_, std::io::Error>(i));
+                                let row = match &db {
+                                    Some(db) => db.statement(QUERY).run(query).await,
+                                    None => query.await,
+                                };
+                                std::hint::black_box(row.expect("ready"));
+                            }
+                            "hello, user"
+                        }
+                    }),
+                )
+            }
+            _ => Router::new().route("/users/{id}", get(|| async { "hello, user" })),
+        };
         let router = match (&apm, config) {
             (Some(apm), _) => router.layer(apm.layer()),
             (None, Config::NoopLayer) => router.layer(tower::layer::util::Identity::new()),

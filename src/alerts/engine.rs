@@ -33,6 +33,8 @@ pub(crate) struct Snapshot {
     pub(crate) resident_bytes: Option<u64>,
     /// Spans and log lines dropped since start.
     pub(crate) dropped: u64,
+    /// Slow database queries since start.
+    pub(crate) slow_queries: u64,
 }
 
 impl Snapshot {
@@ -60,6 +62,12 @@ impl Snapshot {
             in_flight: metrics.active().iter().map(|(_, _, n)| n).sum(),
             resident_bytes: crate::metrics::process::sample().map(|p| p.resident_bytes),
             dropped: 0,
+            slow_queries: metrics
+                .db
+                .series()
+                .iter()
+                .map(|s| s.slow.load(std::sync::atomic::Ordering::Relaxed))
+                .sum(),
         }
     }
 
@@ -69,6 +77,10 @@ impl Snapshot {
         let mut t = Totals::default();
         if alert.measure == Measure::DroppedTelemetry {
             t.requests = self.dropped;
+            return t;
+        }
+        if alert.measure == Measure::SlowQueries {
+            t.requests = self.slow_queries;
             return t;
         }
         for s in &self.series {
@@ -315,7 +327,7 @@ impl Engine {
                             Measure::ErrorRatio => (t.requests > 0).then(|| t.errors as f64 / t.requests as f64),
                             Measure::Latency(q) => t.quantile(q),
                             Measure::RequestRate => Some(t.requests as f64 / span.as_secs_f64()),
-                            Measure::DroppedTelemetry => Some(t.requests as f64),
+                            Measure::DroppedTelemetry | Measure::SlowQueries => Some(t.requests as f64),
                             Measure::InFlight | Measure::ResidentMemory => None,
                         };
                         (value, t.requests >= alert.min_requests)
@@ -495,6 +507,7 @@ fn measure_name(m: Measure) -> &'static str {
         Measure::InFlight => "in_flight",
         Measure::ResidentMemory => "resident_memory_bytes",
         Measure::DroppedTelemetry => "dropped_telemetry",
+        Measure::SlowQueries => "slow_queries",
     }
 }
 
@@ -934,6 +947,27 @@ mod tests {
             "{json}"
         );
         assert!(json.contains("\"burn_rates\":{\"5m\":0,\"30m\":"), "{json}");
+    }
+
+    #[test]
+    fn slow_queries_count_over_the_window() {
+        let mut e = Engine::new(
+            vec![(Alert::slow_queries().above(2.0).over(2 * MIN), Comparison::Above(2.0))],
+            Vec::new(),
+            &Snapshot::default(),
+        );
+        let wall = SystemTime::UNIX_EPOCH;
+        let at = |slow_queries: u64| Snapshot {
+            slow_queries,
+            ..Snapshot::default()
+        };
+        assert!(e.evaluate(MIN, wall, &at(2)).is_empty());
+        assert_eq!(e.rules[0].value, Some(2.0));
+        assert_eq!(e.evaluate(2 * MIN, wall, &at(5)).len(), 1);
+        assert_eq!(e.rules[0].status.state, AlertState::Firing);
+        // Two minutes later the window holds 5 - 5: resolved.
+        assert_eq!(e.evaluate(4 * MIN, wall, &at(5)).len(), 1);
+        assert_eq!(e.rules[0].status.state, AlertState::Inactive);
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub(crate) enum Measure {
     ResidentMemory,
     /// Spans and log lines dropped over the window.
     DroppedTelemetry,
+    /// Database queries over their slow-query threshold, over the window.
+    SlowQueries,
 }
 
 impl Measure {
@@ -88,6 +90,7 @@ impl Measure {
             Measure::InFlight => "InFlightRequests".into(),
             Measure::ResidentMemory => "HighMemoryUsage".into(),
             Measure::DroppedTelemetry => "TelemetryDropped".into(),
+            Measure::SlowQueries => "SlowQueries".into(),
         }
     }
 
@@ -230,6 +233,15 @@ impl Alert {
     /// first loss.
     pub fn dropped_telemetry() -> Alert {
         let mut a = Alert::new(Measure::DroppedTelemetry);
+        a.min_requests = 0;
+        a
+    }
+
+    /// Database queries slower than their
+    /// [threshold](crate::db::Database::slow_query_threshold) over the window,
+    /// every database together: `above(10.0)` fires past ten.
+    pub fn slow_queries() -> Alert {
+        let mut a = Alert::new(Measure::SlowQueries);
         a.min_requests = 0;
         a
     }

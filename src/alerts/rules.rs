@@ -22,6 +22,7 @@ const ACTIVE: &str = "http_server_active_requests";
 const RESIDENT: &str = "process_memory_usage_bytes";
 const SPANS_DROPPED: &str = "tower_apm_spans_dropped_total";
 const LOG_LINES_DROPPED: &str = "tower_apm_log_lines_dropped_total";
+const SLOW_QUERIES: &str = "tower_apm_db_slow_queries_total";
 
 /// A PromQL range: `5m`, `1h`, `90s`.
 pub(crate) fn promql_duration(d: Duration) -> String {
@@ -126,6 +127,7 @@ pub(crate) fn expr(alert: &Alert, comparison: Comparison) -> String {
         Measure::DroppedTelemetry => format!(
             "(sum by (instance) (increase({SPANS_DROPPED}[{range}])) + sum by (instance) (increase({LOG_LINES_DROPPED}[{range}])))"
         ),
+        Measure::SlowQueries => format!("sum by (instance) (increase({SLOW_QUERIES}[{range}]))"),
     };
     let mut e = format!("{value} {op} {threshold}");
     if alert.measure.windowed() && alert.min_requests > 0 {
@@ -322,6 +324,11 @@ mod tests {
             expr(&a, c),
             "(sum by (instance) (increase(tower_apm_spans_dropped_total[10m])) + sum by (instance) \
              (increase(tower_apm_log_lines_dropped_total[10m]))) > 0"
+        );
+        let (a, c) = rule(Alert::slow_queries().above(10.0).over(Duration::from_secs(300)));
+        assert_eq!(
+            expr(&a, c),
+            "sum by (instance) (increase(tower_apm_db_slow_queries_total[5m])) > 10"
         );
     }
 

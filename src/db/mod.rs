@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With the `postgres` feature, [`postgres::Client`] wraps a `tokio_postgres`
+//! With the `postgres` feature, `postgres::Client` wraps a `tokio_postgres`
 //! client so that every query it runs is timed this way.
 //!
 //! When each part runs:
@@ -42,6 +42,7 @@
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub(crate) mod sanitize;
+pub(crate) mod shape;
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -58,7 +59,7 @@ use pin_project_lite::pin_project;
 use crate::layer::Shared;
 use crate::logs::json::{self, JsonLine};
 use crate::logs::writer::LogWriter;
-use crate::record::{DbRecord, ShortStr};
+use crate::record::DbRecord;
 use crate::trace::propagation::RANDOM_TRACE_ID;
 
 /// Queries slower than this are logged and counted, unless set otherwise.
@@ -161,6 +162,7 @@ impl Database {
             operation: Some(operation),
             collection,
             statement: None,
+            derived: false,
         }
     }
 
@@ -168,12 +170,12 @@ impl Database {
     /// from it (the first keyword, and the table after `FROM`, `INTO` or
     /// `UPDATE`); the statement is sent as `db.query.text`, sanitized.
     pub fn statement<'a>(&'a self, statement: &'a str) -> Query<'a> {
-        let (operation, collection) = sanitize::summary(statement);
         Query {
             db: self,
-            operation,
-            collection,
+            operation: None,
+            collection: None,
             statement: Some(statement),
+            derived: true,
         }
     }
 }
@@ -186,6 +188,8 @@ pub struct Query<'a> {
     operation: Option<&'a str>,
     collection: Option<&'a str>,
     statement: Option<&'a str>,
+    /// The operation and table are read from the statement.
+    derived: bool,
 }
 
 impl<'a> Query<'a> {
@@ -196,7 +200,7 @@ impl<'a> Query<'a> {
     }
 
     /// Times `query`, a future that runs the query and returns its result.
-    pub fn run<F, T, E>(self, query: F) -> QueryFuture<F>
+    pub fn run<F, T, E>(self, query: F) -> QueryFuture<'a, F>
     where
         F: Future<Output = Result<T, E>>,
         E: std::error::Error + 'static,
@@ -229,11 +233,9 @@ impl<'a> Query<'a> {
                 parent_span_id,
             )
         });
-        let record = Box::new(DbRecord {
+        let record = shared.recorder.boxed_db(DbRecord {
             config: Arc::clone(&db.config),
-            operation: self.operation.map(|o| ShortStr::new(o.as_bytes())),
-            collection: self.collection.map(|c| ShortStr::new(c.as_bytes())),
-            statement: self.statement.map(Box::from),
+            shape: shape::shape(self.operation, self.collection, self.statement, self.derived),
             error_type: None,
             status_code: None,
             start: Instant::now(),
@@ -243,18 +245,18 @@ impl<'a> Query<'a> {
         });
         QueryFuture {
             inner: query,
-            state: Some(InFlight { db: db.clone(), record }),
+            state: Some(InFlight { db, record }),
         }
     }
 }
 
 #[derive(Debug)]
-struct InFlight {
-    db: Database,
+struct InFlight<'a> {
+    db: &'a Database,
     record: Box<DbRecord>,
 }
 
-impl InFlight {
+impl InFlight<'_> {
     fn finish(self, error: Option<(Cow<'static, str>, Option<String>)>) {
         let InFlight { db, mut record } = self;
         record.duration = record.start.elapsed();
@@ -279,14 +281,14 @@ fn log_slow(log: &LogWriter, r: &DbRecord) {
     line.str_field("target", "tower_apm::db");
     line.str_field("message", "slow query");
     line.str_field("db.system.name", &r.config.system);
-    if let Some(op) = &r.operation {
-        line.str_field("db.operation.name", op.as_str());
+    if let Some(op) = &r.shape.operation {
+        line.str_field("db.operation.name", op);
     }
-    if let Some(c) = &r.collection {
-        line.str_field("db.collection.name", c.as_str());
+    if let Some(c) = &r.shape.collection {
+        line.str_field("db.collection.name", c);
     }
-    if let Some(s) = &r.statement {
-        line.str_field("db.query.text", &sanitize::sanitize(s));
+    if let Some(text) = r.shape.query_text() {
+        line.str_field("db.query.text", text.as_str());
     }
     line.milli_field("duration_ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
     line.milli_field(
@@ -326,13 +328,13 @@ fn error_type<E: std::error::Error + 'static>(e: &E) -> (Cow<'static, str>, Opti
 
 pin_project! {
     /// The future returned by [`Query::run`]: the query's own, timed.
-    pub struct QueryFuture<F> {
+    pub struct QueryFuture<'a, F> {
         #[pin]
         inner: F,
-        state: Option<InFlight>,
+        state: Option<InFlight<'a>>,
     }
 
-    impl<F> PinnedDrop for QueryFuture<F> {
+    impl<'a, F> PinnedDrop for QueryFuture<'a, F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(state) = this.project().state.take() {
                 state.finish(Some((Cow::Borrowed("cancelled"), None)));
@@ -341,13 +343,13 @@ pin_project! {
     }
 }
 
-impl<F> std::fmt::Debug for QueryFuture<F> {
+impl<F> std::fmt::Debug for QueryFuture<'_, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, T, E> Future for QueryFuture<F>
+impl<F, T, E> Future for QueryFuture<'_, F>
 where
     F: Future<Output = Result<T, E>>,
     E: std::error::Error + 'static,

@@ -112,6 +112,7 @@ impl Worker {
         let mut taken = self.queue.take(std::mem::take(&mut self.spare));
         let clock = Clock::now();
         let mut emptied = Vec::new();
+        let mut emptied_db = Vec::new();
         let mut items = taken.drain(..).peekable();
         while items.peek().is_some() {
             let batch: Vec<_> = items
@@ -124,7 +125,11 @@ impl Worker {
                         span
                     }
                     Item::Client(r) => self.spans.client_span(r, &clock),
-                    Item::Db(r) => self.spans.db_span(&r, &clock),
+                    Item::Db(r) => {
+                        let span = self.spans.db_span(&r, &clock);
+                        emptied_db.push(r);
+                        span
+                    }
                     Item::Sdk(s) => {
                         // `tracing` spans carry their fields as attributes.
                         let mut s = *s;
@@ -134,6 +139,7 @@ impl Worker {
                 })
                 .collect();
             self.queue.recycle_records(&mut emptied);
+            self.queue.recycle_db(&mut emptied_db);
             if let Err(e) = self.export(batch).await {
                 result = Err(e);
             }

@@ -42,23 +42,33 @@ impl DbAttrs {
     fn matches(&self, r: &DbRecord) -> bool {
         !self.overflow
             && *self.system == *r.config.system
-            && self.operation.as_deref() == r.operation.as_ref().map(|o| o.as_str())
-            && self.collection.as_deref() == r.collection.as_ref().map(|c| c.as_str())
+            && same(&self.operation, &r.shape.operation)
+            && same(&self.collection, &r.shape.collection)
             && self.error_type.as_deref() == r.error_type.as_deref()
-            && self.namespace == r.config.namespace
+            && same(&self.namespace, &r.config.namespace)
             && self.server == r.config.server
     }
 
     fn of(r: &DbRecord) -> DbAttrs {
         DbAttrs {
             system: Arc::clone(&r.config.system),
-            operation: r.operation.as_ref().map(|o| o.as_str().into()),
-            collection: r.collection.as_ref().map(|c| c.as_str().into()),
+            operation: r.shape.operation.clone(),
+            collection: r.shape.collection.clone(),
             namespace: r.config.namespace.clone(),
             server: r.config.server.clone(),
             error_type: r.error_type.as_deref().map(Arc::from),
             overflow: false,
         }
+    }
+}
+
+/// Equal strings: the same shared one (the usual case: the series keeps the
+/// query shape's own), or the same text.
+fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -80,22 +90,16 @@ impl DbSeries {
     }
 }
 
-/// FNV-1a over the fields that vary per query (the database's own fields are
-/// compared, not hashed: one `Database` is one set of them).
+/// The shape's hash (operation and table) with the `error.type` folded in;
+/// the database's own fields are compared, not hashed.
 fn hash(r: &DbRecord) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
+    let mut h = r.shape.hash;
+    if let Some(e) = &r.error_type {
+        for b in e.bytes() {
+            h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    eat(r.config.system.as_bytes());
-    eat(r.operation.as_ref().map_or(b"", |o| o.as_bytes()));
-    eat(r.collection.as_ref().map_or(b"", |c| c.as_bytes()));
-    eat(r.error_type.as_deref().unwrap_or("").as_bytes());
+    }
     h
 }
 

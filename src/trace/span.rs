@@ -113,10 +113,6 @@ impl Clock {
 const MAX_CACHED_AUTHORITIES: usize = 64;
 /// Distinct client addresses whose `client.address` string is kept.
 const MAX_CACHED_CLIENTS: usize = 4096;
-/// Distinct statements whose sanitized text is kept (an application has a
-/// fixed set; one building statements with literals in them would not fill
-/// memory, only the cache, which is emptied when full).
-const MAX_CACHED_STATEMENTS: usize = 1024;
 
 /// `server.address` (shared) and `server.port` of one authority.
 type ServerAddress = (Arc<str>, Option<u16>);
@@ -132,8 +128,6 @@ pub(crate) struct SpanBuilder {
     /// `client.address` strings: formatted and allocated once per address seen
     /// recently, shared by every span after that (emptied when full).
     clients: HashMap<IpAddr, Arc<str>, Fnv>,
-    /// Statements as written, to their sanitized `db.query.text`.
-    statements: HashMap<Box<str>, StringValue>,
 }
 
 impl Default for SpanBuilder {
@@ -145,7 +139,6 @@ impl Default for SpanBuilder {
                 .build(),
             authorities: HashMap::with_hasher(Fnv),
             clients: HashMap::with_hasher(Fnv),
-            statements: HashMap::new(),
         }
     }
 }
@@ -360,48 +353,29 @@ impl SpanBuilder {
         }
     }
 
-    /// `db.query.text` of a statement: sanitized once, then shared.
-    fn query_text(&mut self, statement: &str) -> StringValue {
-        if let Some(s) = self.statements.get(statement) {
-            return s.clone();
-        }
-        if self.statements.len() >= MAX_CACHED_STATEMENTS {
-            self.statements.clear();
-        }
-        let text = StringValue::from(crate::db::sanitize::sanitize(statement));
-        self.statements.insert(statement.into(), text.clone());
-        text
-    }
-
     /// The CLIENT span of one database query, named as the database semantic
     /// conventions say: `{operation} {table}`, else the operation, else the
     /// database system.
     pub(crate) fn db_span(&mut self, r: &DbRecord, clock: &Clock) -> SpanData {
         let c = &r.config;
+        let shape = &r.shape;
+        let shared = |s: &Arc<str>| Value::String(StringValue::from(Arc::clone(s)));
         let mut attrs = Vec::with_capacity(9);
-        attrs.push(KeyValue::new(
-            semconv::DB_SYSTEM_NAME,
-            Value::String(c.system.to_string().into()),
-        ));
-        let operation = r.operation.as_ref().map(|o| o.as_str()).filter(|o| !o.is_empty());
-        let collection = r.collection.as_ref().map(|o| o.as_str()).filter(|o| !o.is_empty());
-        if let Some(op) = operation {
-            attrs.push(KeyValue::new(semconv::DB_OPERATION_NAME, op.to_owned()));
+        attrs.push(KeyValue::new(semconv::DB_SYSTEM_NAME, shared(&c.system)));
+        if let Some(op) = &shape.operation {
+            attrs.push(KeyValue::new(semconv::DB_OPERATION_NAME, shared(op)));
         }
-        if let Some(t) = collection {
-            attrs.push(KeyValue::new(semconv::DB_COLLECTION_NAME, t.to_owned()));
+        if let Some(t) = &shape.collection {
+            attrs.push(KeyValue::new(semconv::DB_COLLECTION_NAME, shared(t)));
         }
         if let Some(ns) = &c.namespace {
-            attrs.push(KeyValue::new(semconv::DB_NAMESPACE, ns.to_string()));
+            attrs.push(KeyValue::new(semconv::DB_NAMESPACE, shared(ns)));
         }
-        if let Some(st) = &r.statement {
-            attrs.push(KeyValue::new(
-                semconv::DB_QUERY_TEXT,
-                Value::String(self.query_text(st)),
-            ));
+        if let Some(text) = shape.query_text() {
+            attrs.push(KeyValue::new(semconv::DB_QUERY_TEXT, Value::String(text.clone())));
         }
         if let Some((host, port)) = &c.server {
-            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_string()));
+            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, shared(host)));
             if let Some(p) = port {
                 attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(*p)));
             }
@@ -412,10 +386,9 @@ impl SpanBuilder {
         if let Some(code) = &r.status_code {
             attrs.push(KeyValue::new(semconv::DB_RESPONSE_STATUS_CODE, code.clone()));
         }
-        let name: Cow<'static, str> = match (operation, collection) {
-            (Some(op), Some(t)) => format!("{op} {t}").into(),
-            (Some(op), None) => op.to_owned().into(),
-            (None, _) => c.system.to_string().into(),
+        let name = match &shape.name {
+            Some(name) => name.clone(),
+            None => Cow::Owned(c.system.to_string()),
         };
         let status = if r.error_type.is_some() {
             Status::error("")
