@@ -25,6 +25,9 @@
 //!   times among other requests and `HighErrorRate` fires within 15 s (a WARN
 //!   log line), then resolves once the minute has passed; under `security`, the
 //!   latest detections
+//! - `/apm`            the live status page: rates, errors and latency with
+//!   charts, routes, the recent slow and failed requests with their spans,
+//!   alerts, SLOs and security detections (JSON under `/apm/api/`)
 //! - `POST /login/{user}` logs in `demo` and fails anyone else (an OWASP
 //!   `authn_login_fail` event, target `tower_apm::security`); the tenth failure
 //!   from one address within 5 minutes is a brute-force detection
@@ -93,6 +96,9 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .slo(Slo::availability(0.999))
         // Security events and the brute-force, spike and scanning detectors.
         .security(Security::new())
+        // The status page keeps the last 20 failed requests and the last 20
+        // over 150 ms (so `/slow` shows), with their spans.
+        .recent_traces(20, Duration::from_millis(150))
         .build()?;
     // 2. JSON log lines on stdout (RUST_LOG filters them), with the trace and span
     //    ids of the request; `tracing` spans exported as child spans.
@@ -121,7 +127,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .route(
             "/",
             get(|| async {
-                "tower-apm demo: try /users/7, /slow, /error, /panic, /downstream, /metrics, /alerts, /readyz\n"
+                "tower-apm demo: try /users/7, /slow, /error, /panic, /downstream, /apm, /metrics, /alerts, /readyz\n"
             }),
         )
         .route("/users/{id}", get(user))
@@ -136,6 +142,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         // 6. The Prometheus endpoint, the alerts and the health endpoints.
         .merge(apm.metrics_router())
         .merge(apm.alerts_router())
+        .merge(apm.status_router())
         .merge(shutdown.health_router())
         .layer(apm.layer());
 

@@ -57,6 +57,9 @@ struct Inner {
     redactor: Arc<Redactor>,
     alerts: Option<Arc<Alerts>>,
     notify: Option<Dispatcher>,
+    started: std::time::Instant,
+    status_token: Option<Arc<str>>,
+    trace_url: Option<Arc<str>>,
     security: Option<Arc<Monitor>>,
     #[cfg(feature = "otlp-logs")]
     otlp_logs: Option<(
@@ -81,6 +84,9 @@ pub struct ApmBuilder {
     alert_interval: Option<Duration>,
     security: Option<Security>,
     trusted_proxies: Vec<String>,
+    status_token: Option<String>,
+    trace_url: Option<String>,
+    recent_traces: Option<(usize, Duration)>,
 }
 
 impl Apm {
@@ -333,6 +339,89 @@ impl Apm {
                 async move { ([(http::header::CONTENT_TYPE, "application/json")], body) }
             }),
         )
+    }
+
+    /// `GET /apm`: a live status page served by the process itself, with
+    /// nothing else installed: request rate, error rate and latency over the
+    /// last minute, 5 minutes and hour with charts, in-flight requests, process
+    /// CPU and memory, telemetry health, one row per route, the recent slow and
+    /// failed requests with the waterfall of their spans, alerts, SLOs and
+    /// security detections; the same as JSON under `/apm/api/`. See
+    /// [`status`](crate::status). An operator page, like
+    /// [`Apm::metrics_router`]: see [`ApmBuilder::status_token`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tower_apm::ConfigError> {
+    /// let apm = tower_apm::Apm::builder().status_token("s3cret").build()?;
+    /// let app: axum::Router = axum::Router::new().merge(apm.status_router());
+    /// # Ok(()) }
+    /// ```
+    pub fn status_router(&self) -> axum::Router {
+        crate::status::router(self, self.inner.status_token.clone(), self.inner.trace_url.clone())
+    }
+
+    /// Serves [`Apm::status_router`] on `addr` (port 0 picks one), in the
+    /// background; returns the address it listens on.
+    ///
+    /// # Errors
+    /// The address cannot be bound (in use, not local).
+    pub async fn serve_status(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let router = self.status_router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(local)
+    }
+
+    pub(crate) fn metrics_handle(&self) -> Option<Arc<Metrics>> {
+        self.inner.metrics.clone()
+    }
+
+    pub(crate) fn alerts_handle(&self) -> Option<Arc<Alerts>> {
+        self.inner.alerts.clone()
+    }
+
+    pub(crate) fn security_handle(&self) -> Option<Arc<Monitor>> {
+        self.inner.security.clone()
+    }
+
+    pub(crate) fn service_name(&self) -> &str {
+        &self.inner.service
+    }
+
+    pub(crate) fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// When the exporter last accepted a batch of spans.
+    pub(crate) fn last_export(&self) -> Option<std::time::SystemTime> {
+        let ms = self
+            .inner
+            .pipeline
+            .as_ref()?
+            .queue
+            .counters
+            .last_export_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (ms > 0).then(|| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// Copies of the kept recent failed and slow requests (oldest first).
+    pub(crate) fn recent_traces(
+        &self,
+    ) -> (
+        Vec<crate::status::recent::RecentTrace>,
+        Vec<crate::status::recent::RecentTrace>,
+    ) {
+        match &self.inner.pipeline {
+            Some(p) => {
+                let r = p.queue.recent.lock().unwrap_or_else(|e| e.into_inner());
+                (r.failed.iter().cloned().collect(), r.slow.iter().cloned().collect())
+            }
+            None => (Vec::new(), Vec::new()),
+        }
     }
 
     /// A database the application queries, named by its `db.system.name`
@@ -713,6 +802,30 @@ impl ApmBuilder {
         self
     }
 
+    /// A token the status page ([`Apm::status_router`]) asks for: as
+    /// `Authorization: Bearer <token>`, or `?token=<token>` in a browser. Without
+    /// one the page is open to whoever reaches it: serve it on its own address
+    /// ([`Apm::serve_status`]) where only operators do.
+    pub fn status_token(mut self, token: impl Into<String>) -> Self {
+        self.status_token = Some(token.into());
+        self
+    }
+
+    /// The link of a trace id on the status page, with `{trace_id}` where the id
+    /// goes: `http://localhost:16686/trace/{trace_id}` opens it in Jaeger.
+    pub fn trace_url(mut self, template: impl Into<String>) -> Self {
+        self.trace_url = Some(template.into());
+        self
+    }
+
+    /// How many recent slow and failed requests the status page keeps (each,
+    /// default 20; 0 keeps none), and from what duration a request is slow
+    /// (default 1 s). Kept by the export thread from the sampled spans.
+    pub fn recent_traces(mut self, keep: usize, slow_after: Duration) -> Self {
+        self.recent_traces = Some((keep, slow_after));
+        self
+    }
+
     /// Turns on security monitoring: OWASP-vocabulary events, the brute-force,
     /// traffic-spike and scanning detectors, and optionally a tamper-evident
     /// audit log. Detections are sent to the notifiers of
@@ -760,6 +873,10 @@ impl ApmBuilder {
         let pipeline = spec
             .map(|spec| Pipeline::start(spec, config.resource.clone(), config.batch, (*redactor).clone()))
             .transpose()?;
+        if let (Some(p), Some((keep, slow))) = (&pipeline, self.recent_traces) {
+            *p.queue.recent.lock().unwrap_or_else(|e| e.into_inner()) =
+                crate::status::recent::RecentTraces::new(keep, slow);
+        }
         let mut provider = SdkTracerProvider::builder()
             .with_sampler(config.sampler.to_sdk())
             .with_resource(config.resource.clone());
@@ -881,6 +998,9 @@ impl ApmBuilder {
                 redactor,
                 alerts,
                 notify,
+                started: std::time::Instant::now(),
+                status_token: self.status_token.map(Arc::from),
+                trace_url: self.trace_url.map(Arc::from),
                 security,
                 #[cfg(feature = "otlp-logs")]
                 otlp_logs,

@@ -316,6 +316,7 @@ mod record;
 mod redact;
 pub mod security;
 mod shutdown;
+pub mod status;
 mod trace;
 
 pub use alerts::notify::Notifier;

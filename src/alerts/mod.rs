@@ -127,6 +127,14 @@ impl Comparison {
         }
     }
 
+    /// `> 0.05` or `< 10`, for people.
+    pub(crate) fn describe(self) -> String {
+        match self {
+            Comparison::Above(t) => format!("> {t}"),
+            Comparison::Below(t) => format!("< {t}"),
+        }
+    }
+
     pub(crate) fn word(self) -> &'static str {
         match self {
             Comparison::Above(_) => "above",

@@ -38,6 +38,8 @@ pub(crate) struct Counters {
     pub(crate) queue_full: AtomicU64,
     pub(crate) export_failed: AtomicU64,
     pub(crate) failed_exports: AtomicU64,
+    /// When a batch was last accepted (milliseconds since the Unix epoch; 0: never).
+    pub(crate) last_export_ms: AtomicU64,
 }
 
 /// How many emptied record boxes wait for reuse at most.
@@ -58,6 +60,9 @@ pub(crate) struct SpanQueue {
     spare_db: Mutex<Vec<Box<DbRecord>>>,
     capacity: usize,
     batch: usize,
+    /// The recent slow and failed requests, kept by the export thread for the
+    /// status page.
+    pub(crate) recent: Mutex<crate::status::recent::RecentTraces>,
     pub(crate) wake: Notify,
     pub(crate) counters: Counters,
 }
@@ -70,6 +75,10 @@ impl SpanQueue {
             spare_db: Mutex::new(Vec::new()),
             capacity,
             batch,
+            recent: Mutex::new(crate::status::recent::RecentTraces::new(
+                crate::status::DEFAULT_RECENT,
+                crate::status::DEFAULT_SLOW,
+            )),
             wake: Notify::new(),
             counters: Counters::default(),
         }

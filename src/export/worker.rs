@@ -138,6 +138,11 @@ impl Worker {
                     }
                 })
                 .collect();
+            self.queue
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .observe(&batch);
             self.queue.recycle_records(&mut emptied);
             self.queue.recycle_db(&mut emptied_db);
             if let Err(e) = self.export(batch).await {
@@ -161,6 +166,12 @@ impl Worker {
         match &outcome {
             Ok(()) => {
                 counters.exported.fetch_add(n, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                counters
+                    .last_export_ms
+                    .store(u64::try_from(now.as_millis()).unwrap_or(0), Ordering::Relaxed);
                 if self.failing {
                     self.failing = false;
                     report(|| tracing::info!(target: "tower_apm", "span export recovered"));

@@ -1,0 +1,32 @@
+//! The live status page: what the layer records, shown by the process itself,
+//! with nothing else installed ([`Apm::status_router`](crate::Apm::status_router)).
+//!
+//! - `GET /apm`: one self-contained HTML page (inline SVG charts, a few lines of
+//!   inline script that reload it; no external asset): overview, routes, recent
+//!   slow and failed requests, alerts and SLOs, security detections, telemetry
+//!   health.
+//! - `GET /apm/traces/{trace_id}`: the waterfall of one kept request.
+//! - `GET /apm/api/overview`, `/apm/api/routes`, `/apm/api/traces`,
+//!   `/apm/api/traces/{trace_id}`: the same data as JSON.
+//!
+//! It reads what exists anyway: the request metrics, a history of their totals
+//! taken every 10 s by a background thread (one hour kept), the recent-trace
+//! buffer the export thread keeps, the alert engine and the security monitor.
+//!
+//! An operator page: serve it on its own address ([`Apm::serve_status`](crate::Apm::serve_status))
+//! or protect it with [`ApmBuilder::status_token`](crate::ApmBuilder::status_token).
+//! It shows route templates, span names and sanitized statements, never a raw
+//! path, query or header value.
+
+pub(crate) mod history;
+mod page;
+pub(crate) mod recent;
+
+use std::time::Duration;
+
+/// Slow and failed requests kept, each.
+pub(crate) const DEFAULT_RECENT: usize = 20;
+/// Requests slower than this are kept as slow.
+pub(crate) const DEFAULT_SLOW: Duration = Duration::from_secs(1);
+
+pub(crate) use page::router;

@@ -1,0 +1,214 @@
+//! The status page's JSON after known traffic through the layer: exact counts per
+//! route, the 1-minute figures, the recent failed and slow requests with the
+//! spans of their traces (server span and its child), the token, and the HTML
+//! rows a person reads. (In a real browser: `tests/interop_browser.rs`.)
+
+mod support;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::{Request, StatusCode};
+use serde_json::Value;
+use support::Receiver;
+use tower::ServiceExt;
+use tower_apm::Apm;
+
+pub fn app(apm: &Apm) -> Router {
+    let db = apm.database("postgresql");
+    Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route(
+            "/fail",
+            get(move || {
+                let db = db.clone();
+                async move {
+                    let _ = db
+                        .statement("SELECT * FROM orders WHERE id = 7")
+                        .run(async { Err::<(), _>(std::io::Error::other("connection reset")) })
+                        .await;
+                    (StatusCode::INTERNAL_SERVER_ERROR, "no")
+                }
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                "slow"
+            }),
+        )
+        .layer(apm.layer())
+        // Not through the layer: the page's own requests are not app traffic.
+        .merge(apm.status_router())
+}
+
+pub fn apm(receiver: &Receiver, token: Option<&str>) -> Apm {
+    let mut b = Apm::builder()
+        .environment([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint().as_str()),
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+        ])
+        .service_name("shop")
+        .recent_traces(10, Duration::from_millis(50))
+        .trace_url("http://jaeger.example/trace/{trace_id}");
+    if let Some(t) = token {
+        b = b.status_token(t);
+    }
+    b.build().unwrap()
+}
+
+async fn get_path(app: &Router, path: &str, bearer: Option<&str>) -> (StatusCode, String) {
+    let mut req = Request::get(path);
+    if let Some(t) = bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 22).await.unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn json(app: &Router, path: &str) -> Value {
+    let (status, body) = get_path(app, path, None).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn the_json_shows_the_traffic_and_the_failed_and_slow_requests_with_their_spans() {
+    let receiver = Receiver::start().await;
+    let apm = apm(&receiver, None);
+    let app = app(&apm);
+    for _ in 0..5 {
+        assert_eq!(get_path(&app, "/ok", None).await.0, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        assert_eq!(get_path(&app, "/fail", None).await.0, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(get_path(&app, "/slow", None).await.0, StatusCode::OK);
+    apm.force_flush().await.unwrap();
+
+    let routes = json(&app, "/apm/api/routes").await;
+    let row = |route: &str| {
+        routes["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route)
+            .unwrap_or_else(|| panic!("no {route} in {routes}"))
+            .clone()
+    };
+    assert_eq!(row("/ok")["figures"]["requests"], 5);
+    assert_eq!(row("/ok")["errors"], 0);
+    assert_eq!(row("/ok")["figures"]["error_ratio"], 0.0);
+    assert_eq!(row("/fail")["figures"]["requests"], 2);
+    assert_eq!(row("/fail")["errors"], 2);
+    assert_eq!(row("/fail")["figures"]["error_ratio"], 1.0);
+    assert_eq!(row("/slow")["method"], "GET");
+    // The 60 ms request is in the 0.05..0.075 s bucket.
+    assert_eq!(row("/slow")["buckets"][4], 1);
+    let p50 = row("/slow")["figures"]["p50"].as_f64().unwrap();
+    assert!((0.05..=0.075).contains(&p50), "{p50}");
+
+    let overview = json(&app, "/apm/api/overview").await;
+    assert_eq!(overview["service"], "shop");
+    assert_eq!(overview["in_flight"], 0);
+    let minute = &overview["windows"]["1m"];
+    assert_eq!(minute["requests"], 8, "{overview}");
+    assert!(
+        (minute["error_ratio"].as_f64().unwrap() - 0.25).abs() < 1e-9,
+        "{overview}"
+    );
+    assert!(
+        overview["telemetry"]["spans_exported"].as_u64().unwrap() >= 10,
+        "{overview}"
+    );
+    assert!(overview["process"]["resident_bytes"].as_u64().unwrap() > 0);
+
+    let traces = json(&app, "/apm/api/traces").await;
+    let failed = traces["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2);
+    assert_eq!(failed[0]["name"], "GET /fail");
+    assert_eq!(failed[0]["status"], 500);
+    assert_eq!(failed[0]["spans"], 2);
+    let slow = traces["slow"].as_array().unwrap();
+    assert_eq!(slow.len(), 1);
+    assert_eq!(slow[0]["name"], "GET /slow");
+    assert!(slow[0]["duration_ms"].as_f64().unwrap() >= 60.0);
+
+    let id = failed[0]["trace_id"].as_str().unwrap();
+    let trace = json(&app, &format!("/apm/api/traces/{id}")).await;
+    let spans = trace["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(
+        (spans[0]["name"].as_str(), spans[0]["kind"].as_str()),
+        (Some("GET /fail"), Some("server"))
+    );
+    assert_eq!(
+        (spans[1]["name"].as_str(), spans[1]["kind"].as_str()),
+        (Some("SELECT orders"), Some("client"))
+    );
+    assert_eq!(spans[1]["parent_span_id"], spans[0]["span_id"]);
+    assert_eq!(spans[1]["detail"], "SELECT * FROM orders WHERE id = ?");
+    assert_eq!(spans[1]["error"], true);
+    // The same spans reached the collector.
+    let exported = receiver.wait_for(10).await;
+    assert!(exported.iter().any(|s| support::hex(&s.span.trace_id) == id));
+    assert_eq!(
+        get_path(&app, "/apm/api/traces/0123456789abcdef0123456789abcdef", None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The page a person reads.
+    let (status, html) = get_path(&app, "/apm", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("<td class=\"l\">/fail</td><td>GET</td><td class=\"count\">2</td>"),
+        "{html}"
+    );
+    assert!(html.contains(&format!("/apm/traces/{id}")), "{html}");
+    assert!(html.contains(&format!("http://jaeger.example/trace/{id}")), "{html}");
+    let (status, waterfall) = get_path(&app, &format!("/apm/traces/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        waterfall.contains("SELECT orders") && waterfall.contains("GET /fail"),
+        "{waterfall}"
+    );
+    assert!(
+        !html.contains("id = 7") && !waterfall.contains("id = 7"),
+        "a literal left the process"
+    );
+    apm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_a_token_the_page_answers_only_to_it() {
+    let receiver = Receiver::start().await;
+    let apm = apm(&receiver, Some("s3cret"));
+    let app = app(&apm);
+    let (status, body) = get_path(&app, "/apm", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("token"), "{body}");
+    assert_eq!(
+        get_path(&app, "/apm/api/routes", Some("wrong")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get_path(&app, "/apm/api/routes", Some("s3cret")).await.0,
+        StatusCode::OK
+    );
+    let (status, html) = get_path(&app, "/apm?token=s3cret", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Links within the page carry the token on.
+    get_path(&app, "/fail", None).await;
+    apm.force_flush().await.unwrap();
+    let (_, html2) = get_path(&app, "/apm?token=s3cret", None).await;
+    assert!(html2.contains("?token=s3cret"), "{html2}");
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    apm.shutdown().await.unwrap();
+}
