@@ -58,6 +58,7 @@ struct Inner {
     alerts: Option<Arc<Alerts>>,
     notify: Option<Dispatcher>,
     started: std::time::Instant,
+    lifecycle: crate::shutdown::LifecycleSlot,
     status_token: Option<Arc<str>>,
     trace_url: Option<Arc<str>>,
     security: Option<Arc<Monitor>>,
@@ -373,6 +374,16 @@ impl Apm {
             let _ = axum::serve(listener, router).await;
         });
         Ok(local)
+    }
+
+    pub(crate) fn set_lifecycle(&self, source: crate::shutdown::LifecycleSource) {
+        *self.inner.lifecycle.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// The shutdown's state, when a [`Shutdown`](crate::Shutdown) flushes this `Apm`.
+    pub(crate) fn lifecycle(&self) -> Option<crate::shutdown::Lifecycle> {
+        let source = self.inner.lifecycle.0.lock().unwrap_or_else(|e| e.into_inner());
+        source.as_ref().and_then(|f| f())
     }
 
     pub(crate) fn metrics_handle(&self) -> Option<Arc<Metrics>> {
@@ -999,6 +1010,7 @@ impl ApmBuilder {
                 alerts,
                 notify,
                 started: std::time::Instant::now(),
+                lifecycle: crate::shutdown::LifecycleSlot::default(),
                 status_token: self.status_token.map(Arc::from),
                 trace_url: self.trace_url.map(Arc::from),
                 security,

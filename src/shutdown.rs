@@ -133,7 +133,8 @@ impl ShutdownBuilder {
     /// The shutdown helper.
     pub fn build(self) -> Shutdown {
         let (phase, _) = watch::channel(Phase::Running);
-        Shutdown {
+        let telemetry = self.telemetry.clone();
+        let shutdown = Shutdown {
             inner: Arc::new(Inner {
                 config: self,
                 phase,
@@ -146,7 +147,45 @@ impl ShutdownBuilder {
                 finished: AtomicBool::new(false),
                 forced: AtomicU8::new(0),
             }),
+        };
+        // The status page shows the lifecycle of the `Apm` this shutdown
+        // flushes (weakly held: the shutdown already holds the `Apm`).
+        if let Some(apm) = telemetry {
+            let weak = Arc::downgrade(&shutdown.inner);
+            apm.set_lifecycle(Box::new(move || {
+                let inner = weak.upgrade()?;
+                let phase = *inner.phase.borrow();
+                Some(Lifecycle {
+                    phase: phase.name(),
+                    ready: phase == Phase::Running && inner.ready.load(Ordering::Relaxed),
+                    workers: inner.workers.load(Ordering::Relaxed),
+                    hooks: inner.hooks.lock().map_or(0, |h| h.len()),
+                })
+            }));
         }
+        shutdown
+    }
+}
+
+/// The shutdown's state, for the status page.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lifecycle {
+    pub(crate) phase: &'static str,
+    pub(crate) ready: bool,
+    pub(crate) workers: i64,
+    pub(crate) hooks: usize,
+}
+
+/// Reads the [`Lifecycle`] of a shutdown, while it exists.
+pub(crate) type LifecycleSource = Box<dyn Fn() -> Option<Lifecycle> + Send + Sync>;
+
+/// Where an `Apm` keeps its shutdown's [`LifecycleSource`].
+#[derive(Default)]
+pub(crate) struct LifecycleSlot(pub(crate) Mutex<Option<LifecycleSource>>);
+
+impl std::fmt::Debug for LifecycleSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LifecycleSlot")
     }
 }
 
@@ -168,7 +207,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Phase::Running => "running",
             Phase::NotReady => "not_ready",

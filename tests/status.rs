@@ -212,3 +212,32 @@ async fn with_a_token_the_page_answers_only_to_it() {
     assert!(html.starts_with("<!DOCTYPE html>"));
     apm.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_lifecycle_follows_the_shutdown() {
+    let receiver = Receiver::start().await;
+    let apm = apm(&receiver, None);
+    let app = app(&apm);
+    assert_eq!(json(&app, "/apm/api/overview").await["lifecycle"], Value::Null);
+    let shutdown = tower_apm::Shutdown::builder()
+        .handle_signals(false)
+        .pre_stop_delay(Duration::from_secs(30))
+        .telemetry(&apm)
+        .build();
+    let l = &json(&app, "/apm/api/overview").await["lifecycle"];
+    assert_eq!(
+        (l["phase"].as_str(), l["ready"].as_bool()),
+        (Some("running"), Some(true)),
+        "{l}"
+    );
+    // Readiness fails first, while still serving (the pre-stop delay).
+    shutdown.trigger();
+    let l = &json(&app, "/apm/api/overview").await["lifecycle"];
+    assert_eq!(
+        (l["phase"].as_str(), l["ready"].as_bool()),
+        (Some("not_ready"), Some(false)),
+        "{l}"
+    );
+    let (_, html) = get_path(&app, "/apm", None).await;
+    assert!(html.contains("lifecycle<b>not_ready</b>not ready"), "{html}");
+}

@@ -279,6 +279,11 @@ impl Setup {
             if config.security() {
                 builder = builder.security(tower_apm::security::Security::new());
             }
+            // BENCH_RECENT=0: without the status page's recent-trace buffer,
+            // to measure what it costs.
+            if std::env::var("BENCH_RECENT").as_deref() == Ok("0") {
+                builder = builder.recent_traces(0, std::time::Duration::from_secs(1));
+            }
             builder
                 // A map, so the process environment cannot leak in; a queue large
                 // enough that no span is dropped between two batches.

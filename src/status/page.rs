@@ -291,7 +291,19 @@ async fn overview_json(State(state): State<StatusState>, headers: HeaderMap, par
         Some(t) => time(&mut out, t),
         None => out.push_str("null"),
     }
-    out.push_str("}}");
+    out.push('}');
+    out.push_str(",\"lifecycle\":");
+    match state.apm.lifecycle() {
+        Some(l) => {
+            let _ = write!(
+                out,
+                "{{\"phase\":\"{}\",\"ready\":{},\"workers_running\":{},\"cleanup_hooks\":{}}}",
+                l.phase, l.ready, l.workers, l.hooks
+            );
+        }
+        None => out.push_str("null"),
+    }
+    out.push('}');
     json_response(out)
 }
 
@@ -620,6 +632,17 @@ pub(crate) fn render_page(state: &StatusState, token: Option<&str>) -> String {
             )
         ),
     );
+
+    if let Some(l) = state.apm.lifecycle() {
+        let _ = write!(
+            out,
+            "<div class=\"cards\"><div class=\"card\" id=\"lifecycle\">lifecycle<b>{}</b>{} · {} in flight · {} workers running</div></div>",
+            l.phase,
+            if l.ready { "ready" } else { "not ready" },
+            o.in_flight,
+            l.workers
+        );
+    }
 
     // Routes.
     out.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>route</th><th>method</th><th>requests</th><th>req/s</th><th>errors</th><th>p50</th><th>p95</th><th>p99</th><th>durations</th></tr>");
