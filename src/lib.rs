@@ -204,6 +204,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Status page
+//!
+//! [`Apm::status_router`] serves `/apm`: a self-contained live page (rates,
+//! errors and latency with charts, routes, the recent failed and slow requests
+//! with the waterfall of their spans, alerts, SLOs, security detections,
+//! telemetry health, the shutdown's phase) and the same data as JSON under
+//! `/apm/api/`. See [`status`].
+//!
 //! ## Database queries
 //!
 //! [`Apm::database`] describes a database; [`db::Database::statement`] (or
@@ -282,6 +290,7 @@
 //! - [`JsonLayer`], [`LogOutput`], [`Rotation`]: structured logs.
 //! - [`Alert`], [`Slo`], [`Notifier`], [`AlertState`], [`Threshold`]: alerts and SLOs.
 //! - [`db`]: database query timing.
+//! - [`status`]: the live status page.
 //! - [`security`]: security events, detectors and the audit log.
 //! - [`Shutdown`] ([`ShutdownBuilder`], [`ShutdownLayer`], [`Worker`], [`Phase`]):
 //!   graceful shutdown.
