@@ -616,13 +616,14 @@ pub(crate) fn render_page(state: &StatusState, token: Option<&str>) -> String {
         out,
         "</div><div class=\"cards\"><div class=\"card\">process CPU<b>{}</b></div><div class=\"card\">memory<b>{}</b></div>\
          <div class=\"card\" id=\"telemetry\">telemetry<br>spans exported {} · dropped {}<br>export failures {}<br>\
-         log lines dropped {}<br>last export {}</div></div>",
+         metric push failures {}<br>log lines dropped {}<br>last export {}</div></div>",
         o.cpu_seconds.map_or_else(|| "–".into(), |c| format!("{c:.1} s")),
         o.resident_bytes
             .map_or_else(|| "–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
         s.spans_exported,
         s.spans_dropped(),
         s.export_failures,
+        s.metric_export_failures,
         s.log_lines_dropped_queue_full + s.log_lines_dropped_write_failed,
         o.last_export.map_or_else(
             || "never".into(),
