@@ -9,6 +9,9 @@ start_app() {
     local prefix=$1
     shift
     APP_TMP=$(mktemp -d)
+    # Made here, not by the background job's redirection: reading it before the
+    # job has opened it would fail (and stop a `set -e` caller).
+    : >"$prefix.out"
     TMPDIR=$APP_TMP ${RUNNER[@]+"${RUNNER[@]}"} "$BIN" "$@" >"$prefix.out" 2>"$prefix.err" &
     APP_PID=$!
     APP_URL=
