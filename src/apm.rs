@@ -419,6 +419,11 @@ impl Apm {
         (ms > 0).then(|| std::time::UNIX_EPOCH + Duration::from_millis(ms))
     }
 
+    /// Whether spans are exported (and so kept for the status page).
+    pub(crate) fn exports_spans(&self) -> bool {
+        self.inner.pipeline.is_some()
+    }
+
     /// Copies of the kept recent failed and slow requests (oldest first).
     pub(crate) fn recent_traces(
         &self,

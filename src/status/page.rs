@@ -681,7 +681,11 @@ pub(crate) fn render_page(state: &StatusState, token: Option<&str>) -> String {
             "<h2>{title}</h2><table id=\"{id}\"><tr><th>request</th><th>status</th><th>duration</th><th>spans</th><th>trace</th></tr>"
         );
         if list.is_empty() {
-            out.push_str("<tr><td class=\"l muted\" colspan=\"5\">none yet</td></tr>");
+            out.push_str(if state.apm.exports_spans() {
+                "<tr><td class=\"l muted\" colspan=\"5\">none yet (kept from exported spans: up to one export interval behind)</td></tr>"
+            } else {
+                "<tr><td class=\"l muted\" colspan=\"5\">none: span export is off (OTEL_TRACES_EXPORTER=none), so no spans are kept</td></tr>"
+            });
         }
         for t in list.iter().rev() {
             let root = t.root();
