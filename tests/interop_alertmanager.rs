@@ -298,19 +298,9 @@ async fn a_brute_force_detection_reaches_alertmanager_its_webhook_and_email() {
     let dir = std::env::temp_dir().join(format!("tower-apm-am-security-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (am_tx, mut am_rx) = mpsc::unbounded_channel::<Value>();
-    let hooks = Router::new().route(
-        "/am",
-        post(move |body: String| {
-            let _ = am_tx.send(serde_json::from_str(&body).unwrap());
-            async { StatusCode::OK }
-        }),
-    );
-    let hooks_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hooks_addr: SocketAddr = hooks_listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(hooks_listener, hooks).await.unwrap() });
+    let (hook, mut am_rx) = support::webhook().await;
     let mut mail = smtp::SmtpServer::start().await;
-    let am = start_alertmanager(&dir, &format!("http://{hooks_addr}/am"), mail.port).await;
+    let am = start_alertmanager(&dir, &hook, mail.port).await;
 
     // Security monitoring alone: no alert rules, the detections are the alerts.
     let apm = Apm::builder()

@@ -17,7 +17,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use http::StatusCode;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tower_apm::security::{AuditLog, BruteForce, Scanning, Security, SecurityEvent, TrafficSpike, verify_audit_log};
 use tower_apm::{Apm, LogOutput, Notifier};
 
@@ -26,25 +25,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// A webhook receiver: every POSTed body, parsed.
-async fn webhook() -> (String, mpsc::UnboundedReceiver<Value>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = Router::new().route(
-        "/hook",
-        post(move |body: String| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(serde_json::from_str::<Value>(&body).unwrap());
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, rx)
 }
 
 /// The test app: `POST /login?user=U&ok=0|1` reports the login's outcome,
@@ -154,7 +134,7 @@ async fn until(apm: &Apm, f: impl Fn(&tower_apm::TelemetryStats) -> bool) -> tow
 async fn ten_failed_logins_from_one_address_raise_one_brute_force_event_and_one_alert() {
     let dir = temp_dir("brute");
     let log = dir.join("app.log");
-    let (hook, mut alerts) = webhook().await;
+    let (hook, mut alerts) = support::webhook().await;
     let apm = apm(&log, Security::new(), Some(&hook), &[]);
     let base = serve(&apm).await;
     for _ in 0..12 {
@@ -269,7 +249,7 @@ async fn a_burst_from_one_client_raises_a_traffic_spike_and_steady_traffic_does_
         .client_floor(40)
         .service_floor(1_000_000)
         .factor(5.0);
-    let (hook, mut alerts) = webhook().await;
+    let (hook, mut alerts) = support::webhook().await;
     let apm = apm(&log, Security::new().traffic_spike(spike), Some(&hook), &["127.0.0.1"]);
     let base = serve(&apm).await;
     for _ in 0..30 {

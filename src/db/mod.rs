@@ -52,15 +52,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceState};
-use opentelemetry_sdk::trace::IdGenerator;
+use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 
 use crate::layer::Shared;
 use crate::logs::json::{self, JsonLine};
 use crate::logs::writer::LogWriter;
 use crate::record::DbRecord;
-use crate::trace::propagation::RANDOM_TRACE_ID;
 
 /// Queries slower than this are logged and counted, unless set otherwise.
 pub const DEFAULT_SLOW_QUERY: Duration = Duration::from_millis(500);
@@ -213,26 +211,7 @@ impl<'a> Query<'a> {
                 state: None,
             };
         }
-        let span = opentelemetry::Context::map_current(|cx| {
-            let parent = cx.span().span_context().clone();
-            let (trace_id, flags, parent_span_id, state) = if parent.is_valid() {
-                let state = parent.trace_state().clone();
-                (parent.trace_id(), parent.trace_flags(), parent.span_id(), state)
-            } else {
-                let trace_id = shared.ids.new_trace_id();
-                let sampled = shared.sampler.should_sample(None, trace_id);
-                (
-                    trace_id,
-                    TraceFlags::new(RANDOM_TRACE_ID).with_sampled(sampled),
-                    SpanId::INVALID,
-                    TraceState::NONE,
-                )
-            };
-            (
-                SpanContext::new(trace_id, shared.ids.new_span_id(), flags, false, state),
-                parent_span_id,
-            )
-        });
+        let span = opentelemetry::Context::map_current(|cx| shared.child_of(cx.span().span_context()));
         let record = shared.recorder.boxed_db(DbRecord {
             config: Arc::clone(&db.config),
             shape: shape::shape(self.operation, self.collection, self.statement, self.derived),

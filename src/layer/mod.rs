@@ -25,7 +25,10 @@ mod service;
 use std::sync::Arc;
 
 use http::{Method, Uri};
-use opentelemetry_sdk::trace::RandomIdGenerator;
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+
+use crate::trace::propagation::RANDOM_TRACE_ID;
 
 pub use future::ResponseFuture;
 pub use service::ApmService;
@@ -46,6 +49,33 @@ pub(crate) struct Shared {
     /// Whether a [`Database`](crate::db::Database) was made: requests then
     /// count their handler's queries.
     pub(crate) db_used: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// The context of a new CLIENT span under `parent` (the span current when
+    /// an outgoing call or a query starts), and its parent's id; without a
+    /// parent, a new root, sampled by the configured sampler.
+    pub(crate) fn child_of(&self, parent: &SpanContext) -> (SpanContext, SpanId) {
+        let (trace_id, flags, parent_span_id, state) = if parent.is_valid() {
+            (
+                parent.trace_id(),
+                parent.trace_flags(),
+                parent.span_id(),
+                parent.trace_state().clone(),
+            )
+        } else {
+            let trace_id = self.ids.new_trace_id();
+            let sampled = self.sampler.should_sample(None, trace_id);
+            (
+                trace_id,
+                TraceFlags::new(RANDOM_TRACE_ID).with_sampled(sampled),
+                SpanId::INVALID,
+                TraceState::NONE,
+            )
+        };
+        let span = SpanContext::new(trace_id, self.ids.new_span_id(), flags, false, state);
+        (span, parent_span_id)
+    }
 }
 
 type RouteFn = Arc<dyn Fn(&Method, &Uri) -> Option<&'static str> + Send + Sync>;

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use crate::alerts::window::{BUCKETS, Totals};
-use crate::metrics::Metrics;
+use crate::alerts::window::Totals;
+use crate::metrics::{Metrics, Series};
 
 /// How often a point is taken.
 pub(crate) const STEP: Duration = Duration::from_secs(10);
@@ -21,20 +21,25 @@ pub(crate) struct Point {
     pub(crate) totals: Totals,
 }
 
-/// Every request of every series, 5xx as errors.
+/// Adds one request series to `t`: its requests, 5xx as errors, and its
+/// duration buckets.
+pub(crate) fn add_series(t: &mut Totals, s: &Series) {
+    let snap = s.duration.snapshot();
+    t.requests += snap.count;
+    if s.attrs.status.is_some_and(|c| c >= 500) {
+        t.errors += snap.count;
+    }
+    for (b, c) in t.buckets.iter_mut().zip(&snap.counts) {
+        *b += c;
+    }
+}
+
+/// Every request of every series.
 pub(crate) fn totals(metrics: &Metrics) -> Totals {
     let mut t = Totals::default();
     for s in metrics.series() {
-        let snap = s.duration.snapshot();
-        t.requests += snap.count;
-        if s.attrs.status.is_some_and(|c| c >= 500) {
-            t.errors += snap.count;
-        }
-        for (b, c) in t.buckets.iter_mut().zip(&snap.counts) {
-            *b += c;
-        }
+        add_series(&mut t, &s);
     }
-    debug_assert_eq!(t.buckets.len(), BUCKETS);
     t
 }
 

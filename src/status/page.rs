@@ -46,7 +46,21 @@ pub(crate) fn router(apm: &Apm, token: Option<Arc<str>>, trace_url: Option<Arc<s
         .route("/apm/api/routes", get(routes_json))
         .route("/apm/api/traces", get(traces_json))
         .route("/apm/api/traces/{trace_id}", get(trace_json))
+        // One check of the token, in front of every route.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+async fn guard(
+    State(state): State<StatusState>,
+    params: Params,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match refused(&state, req.headers(), &params) {
+        Some(denied) => denied,
+        None => next.run(req).await,
+    }
 }
 
 type Params = RawQuery;
@@ -232,10 +246,7 @@ fn window_json(out: &mut String, w: &Window) {
     out.push('}');
 }
 
-async fn overview_json(State(state): State<StatusState>, headers: HeaderMap, params: Params) -> Response {
-    if let Some(denied) = refused(&state, &headers, &params) {
-        return denied;
-    }
+async fn overview_json(State(state): State<StatusState>) -> Response {
     let o = overview(&state);
     let mut out = String::with_capacity(4096);
     out.push_str("{\"service\":");
@@ -321,25 +332,14 @@ pub(crate) fn route_rows(metrics: &Metrics) -> Vec<RouteRow> {
             continue;
         }
         let route = s.attrs.route.as_deref().unwrap_or("(no route)").to_owned();
-        let t = rows.entry((route, s.attrs.method)).or_default();
-        let snap = s.duration.snapshot();
-        t.requests += snap.count;
-        if s.attrs.status.is_some_and(|c| c >= 500) {
-            t.errors += snap.count;
-        }
-        for (b, c) in t.buckets.iter_mut().zip(&snap.counts) {
-            *b += c;
-        }
+        history::add_series(rows.entry((route, s.attrs.method)).or_default(), &s);
     }
     rows.into_iter()
         .map(|((route, method), totals)| RouteRow { method, route, totals })
         .collect()
 }
 
-async fn routes_json(State(state): State<StatusState>, headers: HeaderMap, params: Params) -> Response {
-    if let Some(denied) = refused(&state, &headers, &params) {
-        return denied;
-    }
+async fn routes_json(State(state): State<StatusState>) -> Response {
     let uptime = state.apm.uptime().as_secs_f64().max(1e-3);
     let rows = state.apm.metrics_handle().map(|m| route_rows(&m)).unwrap_or_default();
     let mut out = String::from("{\"routes\":[");
@@ -390,10 +390,7 @@ fn trace_summary_json(out: &mut String, t: &RecentTrace) {
     let _ = write!(out, ",\"spans\":{}}}", t.spans.len());
 }
 
-async fn traces_json(State(state): State<StatusState>, headers: HeaderMap, params: Params) -> Response {
-    if let Some(denied) = refused(&state, &headers, &params) {
-        return denied;
-    }
+async fn traces_json(State(state): State<StatusState>) -> Response {
     let (failed, slow) = recent(&state);
     let mut out = String::from("{\"failed\":[");
     for (i, t) in failed.iter().rev().enumerate() {
@@ -433,15 +430,7 @@ fn detail(s: &SpanSummary) -> Option<String> {
     s.detail.as_ref().map(|v| v.as_str().into_owned())
 }
 
-async fn trace_json(
-    State(state): State<StatusState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    params: Params,
-) -> Response {
-    if let Some(denied) = refused(&state, &headers, &params) {
-        return denied;
-    }
+async fn trace_json(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
     let Some(t) = find(&state, &id) else {
         return (StatusCode::NOT_FOUND, "no such trace among the recent ones\n").into_response();
     };
@@ -477,22 +466,11 @@ async fn trace_json(
     json_response(out)
 }
 
-async fn page(State(state): State<StatusState>, headers: HeaderMap, params: Params) -> Response {
-    if let Some(denied) = refused(&state, &headers, &params) {
-        return denied;
-    }
+async fn page(State(state): State<StatusState>, params: Params) -> Response {
     html_response(render_page(&state, token_param(&params)))
 }
 
-async fn trace_page(
-    State(state): State<StatusState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    params: Params,
-) -> Response {
-    if let Some(denied) = refused(&state, &headers, &params) {
-        return denied;
-    }
+async fn trace_page(State(state): State<StatusState>, Path(id): Path<String>, params: Params) -> Response {
     let Some(t) = find(&state, &id) else {
         return (StatusCode::NOT_FOUND, "no such trace among the recent ones\n").into_response();
     };

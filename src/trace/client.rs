@@ -20,14 +20,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
-use opentelemetry_sdk::trace::IdGenerator;
+use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 
 use crate::layer::Shared;
 use crate::layer::in_flight::status_text;
 use crate::record::ClientRecord;
-use crate::trace::propagation::{self, RANDOM_TRACE_ID};
+use crate::trace::propagation;
 
 /// A `tower::Layer` for outgoing HTTP calls (a hyper-util client, or anything that
 /// is a `tower::Service<http::Request<_>>`). Made by
@@ -96,17 +95,7 @@ where
             };
         }
         let cx = opentelemetry::Context::current();
-        let parent = cx.span().span_context().clone();
-        let (trace_id, flags, parent_span_id, state) = if parent.is_valid() {
-            let state = parent.trace_state().clone();
-            (parent.trace_id(), parent.trace_flags(), parent.span_id(), state)
-        } else {
-            let trace_id = shared.ids.new_trace_id();
-            let sampled = shared.sampler.should_sample(None, trace_id);
-            let flags = TraceFlags::new(RANDOM_TRACE_ID).with_sampled(sampled);
-            (trace_id, flags, opentelemetry::trace::SpanId::INVALID, TraceState::NONE)
-        };
-        let span = SpanContext::new(trace_id, shared.ids.new_span_id(), flags, false, state);
+        let (span, parent_span_id) = shared.child_of(cx.span().span_context());
         propagation::inject(&span, &cx, req.headers_mut(), shared.propagation);
         let record = Box::new(ClientRecord {
             method: req.method().clone(),

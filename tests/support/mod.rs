@@ -428,3 +428,20 @@ pub async fn hit(base: &str, path: &str, n: usize) {
         get(format!("{base}{path}")).await;
     }
 }
+
+/// A webhook receiver on a loopback port: its URL, and every JSON body POSTed
+/// to it.
+pub async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let _ = tx.send(serde_json::from_str::<serde_json::Value>(&body).unwrap());
+            async { http::StatusCode::OK }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rx)
+}
