@@ -12,7 +12,7 @@ use crate::alerts::notify::{Dispatcher, Notifier};
 use crate::alerts::{self, Alert, Slo};
 use crate::config::{Config, ConfigError, EnvSource, Protocol, Settings};
 use crate::export::{DynSpanExporter, ExportError, ExporterSpec, Pipeline, QueueProcessor, TelemetryStats};
-use crate::layer::client_addr::TrustedProxies;
+use crate::layer::client_addr::{ForwardedHeader, TrustedProxies};
 use crate::layer::{ApmLayer, Shared};
 use crate::logs::writer::LogWriter;
 use crate::logs::{AccessLog, JsonLayer, LogOutput, Redactor};
@@ -85,6 +85,7 @@ pub struct ApmBuilder {
     alert_interval: Option<Duration>,
     security: Option<Security>,
     trusted_proxies: Vec<String>,
+    forwarded_header: ForwardedHeader,
     status_token: Option<String>,
     trace_url: Option<String>,
     recent_traces: Option<(usize, Duration)>,
@@ -852,13 +853,26 @@ impl ApmBuilder {
     }
 
     /// The proxies (addresses or CIDR networks, such as `10.0.0.0/8` or `::1`)
-    /// whose `Forwarded` and `X-Forwarded-For` headers name the client. From
-    /// any other peer those headers are ignored: the peer is the client
-    /// (`client.address`, the access log's `client_address`, the security
-    /// events' `source_ip`). Behind a trusted proxy, spans also carry the
-    /// proxy as `network.peer.address`. None by default.
+    /// whose forwarding header ([`ApmBuilder::forwarded_header`],
+    /// `X-Forwarded-For` by default) names the client. From any other peer
+    /// the header is ignored: the peer is the client (`client.address`, the
+    /// access log's `client_address`, the security events' `source_ip`).
+    /// Behind a trusted proxy, spans also carry the proxy as
+    /// `network.peer.address`. None by default.
     pub fn trusted_proxies<S: AsRef<str>>(mut self, proxies: impl IntoIterator<Item = S>) -> Self {
         self.trusted_proxies = proxies.into_iter().map(|p| p.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// The one header your trusted proxies write the client's address into
+    /// (default [`ForwardedHeader::XForwardedFor`], as nginx's
+    /// `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor` and most
+    /// cloud load balancers do). Only that header is read, right to left over
+    /// trusted hops. Any other forwarding header in a request (`Forwarded`,
+    /// `X-Real-IP`, ...) was passed through from the client by the proxy: it is
+    /// recorded in security events as `forwarded_untrusted`, never believed.
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.forwarded_header = header;
         self
     }
 
@@ -935,7 +949,7 @@ impl ApmBuilder {
             slo.validate()?;
         }
         let none = rules.is_empty() && self.slos.is_empty();
-        let trusted_proxies = TrustedProxies::parse(&self.trusted_proxies)?;
+        let trusted_proxies = TrustedProxies::parse(&self.trusted_proxies)?.with_header(self.forwarded_header);
         let security_on = self.security.is_some() && !config.disabled;
         let notify = (!self.notifiers.is_empty() && !config.disabled && (security_on || !none))
             .then(|| Dispatcher::start(self.notifiers.clone(), Arc::clone(&logs)))

@@ -335,10 +335,11 @@ pub use alerts::{Alert, AlertState, DEFAULT_MIN_REQUESTS, Slo, Threshold};
 pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};
+pub use layer::client_addr::ForwardedHeader;
 pub use layer::{ApmLayer, ApmService, ResponseFuture};
 pub use logs::{JsonLayer, LogOutput, Rotation};
 pub use shutdown::{
-    EXIT_CLEANUP_TIMEOUT, EXIT_DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, EXIT_SECOND_SIGNAL, Phase, Shutdown, ShutdownBuilder,
-    ShutdownFuture, ShutdownLayer, ShutdownService, Worker,
+    EXIT_CLEANUP_TIMEOUT, EXIT_DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, EXIT_SECOND_SIGNAL, Phase, Shutdown, ShutdownBody,
+    ShutdownBuilder, ShutdownFuture, ShutdownLayer, ShutdownService, Worker,
 };
 pub use trace::{ClientFuture, ClientLayer, ClientService, Sampler};

@@ -99,10 +99,11 @@ pub(crate) struct RequestRecord {
     pub(crate) client: Option<SocketAddr>,
     /// The client a trusted proxy forwarded, when the peer is one.
     pub(crate) forwarded_client: Option<IpAddr>,
-    /// `Forwarded`/`X-Forwarded-For` as sent by a peer that is not a trusted
-    /// proxy: recorded for the security events, never believed. Only kept when
+    /// A forwarding header no trusted proxy wrote (any but the configured one,
+    /// or that one from a peer that is not a trusted proxy), by name and value:
+    /// recorded for the security events, never believed. Only kept when
     /// security monitoring is on.
-    pub(crate) claimed_forwarded: Option<ShortStr>,
+    pub(crate) claimed_forwarded: Option<(&'static str, ShortStr)>,
     /// Security events the handler returned with its response.
     pub(crate) security_events: Option<Box<crate::security::ReportedEvents>>,
     /// `None` when the request was dropped before a response existed.

@@ -49,6 +49,12 @@ pub const EXIT_FLUSH_TIMEOUT: u8 = 5;
 /// shell reports an interrupted program).
 pub const EXIT_SECOND_SIGNAL: u8 = 130;
 
+/// How often the drain looks at the count of requests in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How long no request must be in flight, with the server not returned, before
+/// the connections left are taken to hold none.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// Set once the shutdown stops accepting: the server layer of every `Apm` (and
 /// [`ShutdownLayer`]) then marks HTTP/1.1 responses `Connection: close`. A process
 /// shuts down once, so one flag serves it; reading it is one relaxed load per
@@ -146,6 +152,7 @@ impl ShutdownBuilder {
                 drain_started: Mutex::new(None),
                 finished: AtomicBool::new(false),
                 forced: AtomicU8::new(0),
+                layered: AtomicBool::new(false),
             }),
         };
         // The status page shows the lifecycle of the `Apm` this shutdown
@@ -230,6 +237,8 @@ struct Inner {
     drain_started: Mutex<Option<Instant>>,
     finished: AtomicBool,
     forced: AtomicU8,
+    /// A [`Shutdown::layer`] was made: it counts requests in flight.
+    layered: AtomicBool,
 }
 
 /// The graceful-shutdown helper. Cheap to clone.
@@ -333,6 +342,7 @@ impl Shutdown {
     /// [`Apm::layer`](crate::Apm::layer) (which does both already, at no extra
     /// cost, when the `Apm` is given to [`ShutdownBuilder::telemetry`]).
     pub fn layer(&self) -> ShutdownLayer {
+        self.inner.layered.store(true, Ordering::Relaxed);
         ShutdownLayer { shutdown: self.clone() }
     }
 
@@ -411,7 +421,7 @@ impl Shutdown {
                 in_flight = this.in_flight(),
                 "stop accepting; draining in-flight requests"
             );
-            this.watch_drain_deadline();
+            this.watch_drain();
         }
     }
 
@@ -435,31 +445,107 @@ impl Shutdown {
         });
     }
 
-    /// Past the drain deadline with the server still draining: the remaining
-    /// phases run (bounded) and the process exits.
-    fn watch_drain_deadline(&self) {
+    /// Watches the drain: it is over when the server returns
+    /// ([`Shutdown::finish`]), or when no request is in flight any more and the
+    /// server has still not returned [`SETTLE`] later: the connections it still
+    /// holds carry no request (an idle keep-alive, a head still arriving,
+    /// nothing sent), so the shutdown goes on without them. Past the drain
+    /// deadline with requests still in flight, the remaining phases run
+    /// (bounded) and the process exits with [`EXIT_DRAIN_TIMEOUT`].
+    fn watch_drain(&self) {
         let this = self.clone();
         let deadline = self.inner.config.drain_timeout;
         tokio::spawn(async move {
-            tokio::time::sleep(deadline).await;
-            if this.inner.finished.load(Ordering::SeqCst) {
+            let drained = tokio::select! {
+                () = tokio::time::sleep(deadline) => false,
+                () = this.no_request_in_flight() => true,
+            };
+            if this.inner.finished.swap(true, Ordering::SeqCst) {
                 return;
             }
-            this.inner.forced.store(EXIT_DRAIN_TIMEOUT, Ordering::SeqCst);
-            tracing::warn!(
-                target: "tower_apm::shutdown",
-                phase = "drain",
-                in_flight = this.in_flight(),
-                deadline_ms = deadline.as_millis() as u64,
-                exit_code = EXIT_DRAIN_TIMEOUT,
-                "drain deadline passed with requests still in flight"
-            );
-            this.inner.finished.store(true, Ordering::SeqCst);
+            let code = if drained {
+                tracing::info!(
+                    target: "tower_apm::shutdown",
+                    phase = "drain",
+                    in_flight = 0,
+                    "in-flight requests finished; closing connections that hold no request"
+                );
+                log_phase("drain", this.drain_elapsed(), "in-flight requests finished");
+                0
+            } else {
+                let in_flight = this.in_flight();
+                this.inner.forced.store(EXIT_DRAIN_TIMEOUT, Ordering::SeqCst);
+                if in_flight > 0 {
+                    tracing::warn!(
+                        target: "tower_apm::shutdown",
+                        phase = "drain",
+                        in_flight,
+                        deadline_ms = deadline.as_millis() as u64,
+                        exit_code = EXIT_DRAIN_TIMEOUT,
+                        "drain deadline passed with requests still in flight"
+                    );
+                } else {
+                    // No count of requests (no `Apm` with metrics given to
+                    // `telemetry`, no `Shutdown::layer`): all that is known is
+                    // that the server did not return.
+                    tracing::warn!(
+                        target: "tower_apm::shutdown",
+                        phase = "drain",
+                        deadline_ms = deadline.as_millis() as u64,
+                        exit_code = EXIT_DRAIN_TIMEOUT,
+                        "drain deadline passed with the server still holding connections"
+                    );
+                }
+                EXIT_DRAIN_TIMEOUT
+            };
             let apm = this.inner.config.telemetry.clone();
-            let code = this.cleanup_and_flush(apm.as_ref()).await;
-            let code = if code == 0 { EXIT_DRAIN_TIMEOUT } else { code };
+            let code = this.cleanup_and_flush(apm.as_ref(), code).await;
             std::process::exit(i32::from(code));
         });
+    }
+
+    /// Resolves once requests are counted, none is in flight, and the server
+    /// has not returned [`SETTLE`] after that. Never resolves when requests
+    /// are not counted: then only the server returning ends the drain.
+    async fn no_request_in_flight(&self) {
+        if !self.counts_requests() {
+            return std::future::pending().await;
+        }
+        let mut tick = tokio::time::interval(DRAIN_POLL);
+        loop {
+            tick.tick().await;
+            if self.in_flight() > 0 {
+                continue;
+            }
+            // A request whose head hyper has just read reaches the layer a few
+            // microseconds later, and the server itself returns within a few
+            // milliseconds once its last response is written: both get time.
+            tokio::time::sleep(SETTLE).await;
+            if self.in_flight() <= 0 {
+                return;
+            }
+        }
+    }
+
+    /// Whether requests in flight are counted: by the request metrics of the
+    /// `Apm` given to [`ShutdownBuilder::telemetry`], or by [`Shutdown::layer`].
+    fn counts_requests(&self) -> bool {
+        self.inner.layered.load(Ordering::Relaxed)
+            || self
+                .inner
+                .config
+                .telemetry
+                .as_ref()
+                .and_then(Apm::active_requests)
+                .is_some()
+    }
+
+    fn drain_elapsed(&self) -> Duration {
+        self.inner
+            .drain_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// After the server returned: the drain is over; workers, hooks and the
@@ -469,18 +555,13 @@ impl Shutdown {
             // The drain deadline's watchdog is already finishing and will exit.
             std::future::pending::<()>().await;
         }
-        let drained = self
-            .inner
-            .drain_started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map_or(Duration::ZERO, |t| t.elapsed());
-        log_phase("drain", drained, "in-flight requests finished");
-        std::process::ExitCode::from(self.cleanup_and_flush(Some(apm)).await)
+        log_phase("drain", self.drain_elapsed(), "in-flight requests finished");
+        std::process::ExitCode::from(self.cleanup_and_flush(Some(apm), 0).await)
     }
 
-    async fn cleanup_and_flush(&self, apm: Option<&Apm>) -> u8 {
-        let mut code = 0;
+    /// The cleanup and flush phases; `code` is the exit code so far, and the
+    /// one returned (and logged) is the code the process exits with.
+    async fn cleanup_and_flush(&self, apm: Option<&Apm>, mut code: u8) -> u8 {
         self.inner.phase.send_replace(Phase::Cleanup);
         let started = Instant::now();
         let timeout = self.inner.config.hook_timeout;
@@ -667,7 +748,7 @@ impl<S, B, ResB> tower::Service<http::Request<B>> for ShutdownService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<ResB>>,
 {
-    type Response = http::Response<ResB>;
+    type Response = http::Response<ShutdownBody<ResB>>;
     type Error = S::Error;
     type Future = ShutdownFuture<S::Future>;
 
@@ -684,7 +765,8 @@ where
     }
 }
 
-/// Counts one request in flight until dropped (answered or abandoned).
+/// Counts one request in flight until dropped: with the response body, when it
+/// has been sent or abandoned (or with the future, when no response came).
 struct InFlightGuard(Arc<Inner>);
 
 impl Drop for InFlightGuard {
@@ -712,15 +794,60 @@ impl<F, ResB, E> Future for ShutdownFuture<F>
 where
     F: Future<Output = Result<http::Response<ResB>, E>>,
 {
-    type Output = F::Output;
+    type Output = Result<http::Response<ShutdownBody<ResB>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut out = std::task::ready!(this.inner.poll(cx));
-        drop(this.guard.take());
-        if let Ok(res) = &mut out {
-            mark_close_if_draining(res);
+        let out = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(out.map(|res| {
+            let mut res = res.map(|inner| ShutdownBody {
+                inner,
+                guard: this.guard.take(),
+            });
+            mark_close_if_draining(&mut res);
+            res
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body of [`ShutdownService`]: the request counts as in
+    /// flight until its body has been sent, so the drain never cuts a
+    /// streaming response short.
+    pub struct ShutdownBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<InFlightGuard>,
+    }
+}
+
+impl<B> std::fmt::Debug for ShutdownBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for ShutdownBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            drop(this.guard.take());
         }
-        Poll::Ready(out)
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

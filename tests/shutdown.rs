@@ -252,6 +252,72 @@ async fn a_request_past_the_drain_deadline_exits_with_the_drain_code_on_time() {
         .expect("a line naming the phase");
     assert_eq!(deadline["phase"], "drain");
     assert_eq!(deadline["in_flight"], 1, "what was left");
+    // The last word is the code the process really returned.
+    let complete = lines
+        .iter()
+        .rfind(|l| l["message"] == "shutdown complete")
+        .expect("a closing line");
+    assert_eq!(
+        complete["exit_code"],
+        i64::from(tower_apm::EXIT_DRAIN_TIMEOUT),
+        "{complete}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_head_cannot_hold_the_shutdown() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.grpc_endpoint();
+    let mut demo = Demo::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("DEMO_DRAIN_MS", "30000"),
+    ])
+    .await;
+    // A request that finishes, so there is a span to flush.
+    assert_eq!(get(format!("{}/users/7", demo.base)).await.0, 200);
+    // A head that never ends, and a connection that never sends anything.
+    let mut half = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ").await.unwrap();
+    let _silent = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+    // An idle keep-alive connection, after one answered request.
+    let mut keep_alive = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+    keep_alive
+        .write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"ok\n") {
+        let mut buf = [0u8; 512];
+        let n = keep_alive.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let sent = Instant::now();
+    demo.sigterm();
+    let (code, lines) = demo.exit().await;
+    let took = sent.elapsed();
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["message"] == "drain deadline passed with requests still in flight"),
+        "{lines:#?}"
+    );
+    let complete = lines
+        .iter()
+        .rfind(|l| l["message"] == "shutdown complete")
+        .expect("a closing line");
+    assert_eq!(complete["exit_code"], 0);
+    // The finished requests' spans were flushed before the exit.
+    let spans = receiver.spans();
+    assert!(spans.iter().any(|s| s.span.name == "GET /users/{id}"), "{spans:#?}");
+    drop(half);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,13 @@
 //! The client's address: the connection's peer, or, when the peer is a trusted
-//! proxy, the address the proxies forwarded (`Forwarded`, else `X-Forwarded-For`).
+//! proxy, the address the proxies forwarded in the one header the operator
+//! named ([`ForwardedHeader`]: `X-Forwarded-For` by default, or `Forwarded`, or
+//! `X-Real-IP`).
+//!
+//! Only that header is read. A proxy that appends to `X-Forwarded-For` passes
+//! every other request header through untouched, so a `Forwarded` or
+//! `X-Real-IP` the client wrote itself reaches us as it was sent: any
+//! forwarding header other than the configured one is a claim, kept for the
+//! security events (marked untrusted), never believed.
 //!
 //! The forwarded list is read from the right, the hop nearest to us first: every
 //! address that is itself a trusted proxy is skipped and the first one that is
@@ -7,16 +15,75 @@
 //! nothing left of the first untrusted address is ever believed. A value that is
 //! not an address stops the walk at the last proxy that was trusted.
 //!
-//! From a peer that is not a trusted proxy the headers are ignored: the peer is
-//! the client (the security events record the header, marked untrusted).
+//! From a peer that is not a trusted proxy every forwarding header is a claim:
+//! the peer is the client.
 
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 
 use crate::config::ConfigError;
+use crate::trace::propagation::{FORWARDING_FORWARDED, FORWARDING_REAL_IP, FORWARDING_XFF};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The header a trusted proxy writes the client's address into
+/// ([`ApmBuilder::forwarded_header`](crate::ApmBuilder::forwarded_header)).
+///
+/// Name the one your proxy sets; the others are read as claims of the client
+/// and never believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, appended to by each proxy: nginx's
+    /// `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor`, most cloud
+    /// load balancers. The default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), its `for=` parameters.
+    Forwarded,
+    /// `X-Real-IP`, set (not appended) by the proxy: nginx's
+    /// `proxy_set_header X-Real-IP $remote_addr`.
+    XRealIp,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+            ForwardedHeader::XRealIp => "x-real-ip",
+        }
+    }
+
+    fn header(self) -> HeaderName {
+        match self {
+            ForwardedHeader::XForwardedFor => X_FORWARDED_FOR,
+            ForwardedHeader::Forwarded => http::header::FORWARDED,
+            ForwardedHeader::XRealIp => X_REAL_IP,
+        }
+    }
+
+    /// Its bit in [`ForwardingHeaders`].
+    fn bit(self) -> u8 {
+        match self {
+            ForwardedHeader::XForwardedFor => FORWARDING_XFF,
+            ForwardedHeader::Forwarded => FORWARDING_FORWARDED,
+            ForwardedHeader::XRealIp => FORWARDING_REAL_IP,
+        }
+    }
+}
+
+/// Which forwarding headers a request carried, as bits (found in the one pass
+/// over the headers that reads the others).
+pub(crate) type ForwardingHeaders = u8;
+const ALL_HEADERS: [ForwardedHeader; 3] = [
+    ForwardedHeader::XForwardedFor,
+    ForwardedHeader::Forwarded,
+    ForwardedHeader::XRealIp,
+];
 
 /// One trusted network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +131,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The proxies whose forwarding headers are believed.
+/// The proxies whose forwarding header is believed, and which header that is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TrustedProxies {
     nets: Vec<Net>,
+    header: ForwardedHeader,
 }
 
 impl TrustedProxies {
@@ -85,7 +153,16 @@ impl TrustedProxies {
             })?;
             nets.push(net);
         }
-        Ok(TrustedProxies { nets })
+        Ok(TrustedProxies {
+            nets,
+            header: ForwardedHeader::default(),
+        })
+    }
+
+    /// Reads the client from `header` only.
+    pub(crate) fn with_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -97,43 +174,47 @@ impl TrustedProxies {
     }
 
     /// The client behind `peer` when `peer` is a trusted proxy that forwarded
-    /// one; `None` means the peer itself is the client.
+    /// one in the configured header; `None` means the peer itself is the client.
     pub(crate) fn forwarded_client(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         if !self.trusts(peer) {
             return None;
         }
-        let mut hops = Vec::new();
-        let forwarded = headers.get_all(http::header::FORWARDED);
-        if forwarded.iter().next().is_some() {
-            for value in forwarded {
-                let Ok(v) = value.to_str() else { return None };
-                hops.extend(v.split(',').map(forwarded_for));
-            }
-        } else {
-            for value in headers.get_all(X_FORWARDED_FOR) {
-                let Ok(v) = value.to_str() else { return None };
-                hops.extend(v.split(',').map(|h| parse_hop(h.trim())));
-            }
-        }
+        // Walked from the last header line to the first and, in each, from the
+        // last hop to the first: the nearest hop first, with no allocation.
         let mut client = None;
-        for hop in hops.into_iter().rev() {
-            let Some(ip) = hop else { break };
-            client = Some(ip);
-            if !self.trusts(ip) {
-                break;
+        for value in headers.get_all(self.header.header()).iter().rev() {
+            let Ok(v) = value.to_str() else { return client };
+            for element in v.rsplit(',') {
+                let hop = match self.header {
+                    ForwardedHeader::Forwarded => forwarded_for(element),
+                    ForwardedHeader::XForwardedFor | ForwardedHeader::XRealIp => parse_hop(element.trim()),
+                };
+                let Some(ip) = hop else { return client };
+                client = Some(ip);
+                if !self.trusts(ip) {
+                    return client;
+                }
             }
         }
         client
     }
-}
 
-/// The raw `Forwarded` or `X-Forwarded-For` value, as claimed (for the
-/// security events), when there is one.
-pub(crate) fn claimed(headers: &HeaderMap) -> Option<&[u8]> {
-    headers
-        .get(http::header::FORWARDED)
-        .or_else(|| headers.get(X_FORWARDED_FOR))
-        .map(http::HeaderValue::as_bytes)
+    /// The forwarding header the security events record as an untrusted
+    /// claim: the first one present (of `present`, as found by the header
+    /// scan) that is not believed. The configured header is believed when
+    /// the peer is a trusted proxy; every other one never is.
+    pub(crate) fn claim<'h>(
+        &self,
+        peer_trusted: bool,
+        present: ForwardingHeaders,
+        headers: &'h HeaderMap,
+    ) -> Option<(&'static str, &'h [u8])> {
+        let header = ALL_HEADERS
+            .into_iter()
+            .find(|h| present & h.bit() != 0 && !(peer_trusted && *h == self.header && !self.nets.is_empty()))?;
+        let value = headers.get(header.header())?;
+        Some((header.name(), value.as_bytes()))
+    }
 }
 
 /// The `for=` address of one `Forwarded` element (RFC 7239).
@@ -220,8 +301,46 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_header_takes_precedence_and_its_forms_parse() {
+    fn only_the_configured_header_is_read_and_the_others_are_claims() {
+        // nginx appends the peer to X-Forwarded-For and passes a client's own
+        // Forwarded and X-Real-IP through untouched.
         let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let h = headers(&[
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "7.7.7.7"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        let all = FORWARDING_XFF | FORWARDING_FORWARDED | FORWARDING_REAL_IP;
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), Some(ip("198.51.100.7")));
+        assert_eq!(t.claim(true, all, &h), Some(("forwarded", &b"for=6.6.6.6"[..])));
+        assert_eq!(
+            t.claim(true, FORWARDING_XFF | FORWARDING_REAL_IP, &h),
+            Some(("x-real-ip", &b"7.7.7.7"[..]))
+        );
+        assert_eq!(t.claim(true, FORWARDING_XFF, &h), None);
+        // From an untrusted peer the configured header is a claim too.
+        assert_eq!(
+            t.claim(false, FORWARDING_XFF, &h),
+            Some(("x-forwarded-for", &b"198.51.100.7"[..]))
+        );
+        // Without the configured header the peer is the client, whatever else came.
+        let h = headers(&[("forwarded", "for=6.6.6.6"), ("x-real-ip", "7.7.7.7")]);
+        assert_eq!(t.forwarded_client(ip("10.0.0.1"), &h), None);
+
+        let real_ip = t.clone().with_header(ForwardedHeader::XRealIp);
+        let h = headers(&[("x-real-ip", "198.51.100.9"), ("x-forwarded-for", "6.6.6.6")]);
+        assert_eq!(real_ip.forwarded_client(ip("10.0.0.1"), &h), Some(ip("198.51.100.9")));
+        assert_eq!(
+            real_ip.claim(true, FORWARDING_XFF | FORWARDING_REAL_IP, &h),
+            Some(("x-forwarded-for", &b"6.6.6.6"[..]))
+        );
+    }
+
+    #[test]
+    fn forwarded_header_forms_parse_when_it_is_the_configured_one() {
+        let t = TrustedProxies::parse(["10.0.0.0/8"])
+            .unwrap()
+            .with_header(ForwardedHeader::Forwarded);
         let h = headers(&[
             (
                 "forwarded",

@@ -11,7 +11,7 @@ use opentelemetry_sdk::trace::IdGenerator;
 
 use super::future::ResponseFuture;
 use super::in_flight::InFlight;
-use super::{RouteFn, Shared, client_addr};
+use super::{RouteFn, Shared};
 use crate::record::{RequestRecord, Route, ShortStr};
 use crate::trace::propagation::{self, RANDOM_TRACE_ID, RequestHeaders};
 
@@ -74,18 +74,24 @@ impl<S> ApmService<S> {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
         let trusted = &self.shared.trusted_proxies;
-        let forwarded_client = match peer {
-            Some(p) if found.forwarded && !trusted.is_empty() => trusted.forwarded_client(p.ip(), req.headers()),
-            _ => None,
-        };
-        // Forwarding headers a trusted proxy did not vouch for are kept for
-        // the security events, never believed.
-        let claimed_forwarded = match forwarded_client {
-            None if found.forwarded && self.shared.recorder.wants_security() => {
-                client_addr::claimed(req.headers()).map(ShortStr::new)
+        let mut forwarded_client = None;
+        let mut claimed_forwarded = None;
+        if found.forwarding != 0 {
+            let peer_trusted = match peer {
+                Some(p) if !trusted.is_empty() => trusted.trusts(p.ip()),
+                _ => false,
+            };
+            if peer_trusted {
+                forwarded_client = trusted.forwarded_client(peer.map_or(ip_unspecified(), |p| p.ip()), req.headers());
             }
-            _ => None,
-        };
+            // Forwarding headers a trusted proxy did not write are kept for
+            // the security events, never believed.
+            if self.shared.recorder.wants_security() {
+                claimed_forwarded = trusted
+                    .claim(peer_trusted, found.forwarding, req.headers())
+                    .map(|(name, value)| (name, ShortStr::new(value)));
+            }
+        }
         self.shared.recorder.started(req.method(), https);
         let record = self.shared.recorder.boxed(RequestRecord {
             method: req.method().clone(),
@@ -187,4 +193,8 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
         b'0'..=b'9' => Some(n * 10 + u64::from(d - b'0')),
         _ => None,
     })
+}
+
+fn ip_unspecified() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
 }

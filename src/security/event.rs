@@ -275,8 +275,8 @@ impl IntoResponseParts for SecurityEvent {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RequestFacts {
     pub(crate) source_ip: Option<IpAddr>,
-    /// `Forwarded`/`X-Forwarded-For` from a peer that is not a trusted proxy.
-    pub(crate) claimed_forwarded: Option<String>,
+    /// A forwarding header no trusted proxy wrote: its name and value.
+    pub(crate) claimed_forwarded: Option<(&'static str, String)>,
     pub(crate) method: Option<http::Method>,
     /// Path and query, with sensitive query values redacted.
     pub(crate) uri: Option<String>,
@@ -310,8 +310,9 @@ impl EventRecord {
         if let Some(ip) = r.source_ip {
             line.raw_field("source_ip", |b| json::push_ip(b, ip));
         }
-        if let Some(claimed) = &r.claimed_forwarded {
+        if let Some((header, claimed)) = &r.claimed_forwarded {
             line.str_field("forwarded_untrusted", claimed);
+            line.str_field("forwarded_untrusted_header", header);
         }
         if let Some(user) = &self.event.user {
             line.str_field("user", user);

@@ -296,7 +296,7 @@ fn facts(r: &RequestRecord) -> RequestFacts {
         claimed_forwarded: r
             .claimed_forwarded
             .as_ref()
-            .map(|c| String::from_utf8_lossy(c.as_bytes()).into_owned()),
+            .map(|(name, c)| (*name, String::from_utf8_lossy(c.as_bytes()).into_owned())),
         method: Some(r.method.clone()),
         uri: Some(uri),
         route: r.route.as_ref().map(|x| x.as_str().to_owned()),

@@ -18,6 +18,11 @@ use opentelemetry_sdk::propagation::BaggagePropagator;
 
 use crate::config::Propagation;
 
+/// Bits of [`RequestHeaders::forwarding`].
+pub(crate) const FORWARDING_XFF: u8 = 1;
+pub(crate) const FORWARDING_FORWARDED: u8 = 2;
+pub(crate) const FORWARDING_REAL_IP: u8 = 4;
+
 // Header names as constants: a lookup by `&str` would parse the name every time.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -59,8 +64,9 @@ pub(crate) struct RequestHeaders<'a> {
     pub(crate) user_agent: Option<&'a HeaderValue>,
     pub(crate) content_length: Option<&'a HeaderValue>,
     pub(crate) request_id: Option<&'a HeaderValue>,
-    /// `Forwarded` or `X-Forwarded-For` was sent.
-    pub(crate) forwarded: bool,
+    /// The forwarding headers sent (`X-Forwarded-For`, `Forwarded`,
+    /// `X-Real-IP`), as bits.
+    pub(crate) forwarding: u8,
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -80,8 +86,9 @@ impl<'a> RequestHeaders<'a> {
                 14 if name == http::header::CONTENT_LENGTH => {
                     found.content_length.get_or_insert(value);
                 }
-                9 if name == http::header::FORWARDED => found.forwarded = true,
-                15 if n == "x-forwarded-for" => found.forwarded = true,
+                9 if name == http::header::FORWARDED => found.forwarding |= FORWARDING_FORWARDED,
+                9 if n == "x-real-ip" => found.forwarding |= FORWARDING_REAL_IP,
+                15 if n == "x-forwarded-for" => found.forwarding |= FORWARDING_XFF,
                 12 if n == "x-request-id" => {
                     found.request_id.get_or_insert(value);
                 }
