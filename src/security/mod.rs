@@ -45,7 +45,10 @@ mod event;
 pub(crate) mod monitor;
 mod sketch;
 
-pub use audit::{AuditLog, BreakKind, ChainBreak, Durability, Verified, verify_audit_log};
+pub use audit::{
+    AuditHead, AuditLog, BreakKind, ChainBreak, Durability, InvalidHead, Verified, verify_audit_log,
+    verify_audit_log_with_head,
+};
 pub use detect::{BruteForce, Scanning, TrafficSpike};
 pub(crate) use event::ReportedEvents;
 pub use event::{Level, SecurityEvent};
