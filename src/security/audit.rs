@@ -137,8 +137,10 @@ impl AuditLog {
     }
 
     /// The HMAC key of the records' macs. Without a key the chain detects
-    /// edits, deletions, reordering and truncation by anyone who does not
-    /// recompute the hashes; with a key, nobody without it can forge a record.
+    /// edits, insertions, reordering and deletions before the last record by
+    /// anyone who does not recompute the hashes; with a key, nobody without it
+    /// can forge a record. Records removed from the end are only seen against
+    /// a head kept elsewhere (see the [module](self)).
     /// The verifier needs the same key.
     pub fn key(mut self, key: impl Into<Vec<u8>>) -> AuditLog {
         self.key = Some(key.into());
@@ -221,9 +223,10 @@ pub struct Verified {
     pub first_seq: u64,
     /// The `seq` of the last record.
     pub last_seq: u64,
-    /// The `mac` of the last record. Keep it (with `last_seq`) where the log's
-    /// writers cannot change it: the chain alone cannot show records removed
-    /// from its end, or its oldest files deleted.
+    /// The `mac` of the last record. Keep it (with `last_seq`: [`Verified::to_head`])
+    /// where the log's writers cannot change it, and check it the next time
+    /// with [`verify_audit_log_with_head`]: the chain alone cannot show records
+    /// removed from its end.
     pub head: String,
 }
 
@@ -440,7 +443,8 @@ impl std::error::Error for ChainBreak {}
 /// The first record read is trusted as the chain's start: its `prev` is only
 /// checked at seq 0 (it must be zeros). So deleting the oldest files, or
 /// records at the end, cannot be seen from the files alone: keep
-/// [`Verified::head`] elsewhere and compare it the next time.
+/// [`Verified::to_head`] elsewhere and check it the next time with
+/// [`verify_audit_log_with_head`].
 ///
 /// ```no_run
 /// use tower_apm::security::verify_audit_log;
