@@ -772,8 +772,10 @@ impl ApmBuilder {
     }
 
     /// Adds a field name whose value is written as `[REDACTED]` in log lines and
-    /// span attributes, besides the built-in ones (`password`, `token`,
-    /// `secret`, `api_key`, `authorization`, `cookie`, `session`, ...).
+    /// span attributes, besides the built-in ones (any name containing `pass`,
+    /// `token`, `secret`, `key`, `auth`, `signature`, `credential`, `cookie`,
+    /// `session`, `jwt`, ...; see the crate docs). Compared like them: without
+    /// case, percent-decoded, without `-`, `_` and `.`.
     pub fn redact_field(mut self, name: impl Into<String>) -> Self {
         self.redact_fields.push(name.into());
         self

@@ -160,12 +160,20 @@
 //! 128 visible ASCII characters, a new random one otherwise, and it is returned in
 //! the response's `x-request-id`.
 //!
-//! Secrets stay out: fields whose names contain `password`, `secret`, `token`,
-//! `api_key`, `authorization`, `cookie`, `session`, `credential` (or that
-//! [`ApmBuilder::redact_field`] names) are written as `[REDACTED]` in event lines
-//! and in the attributes of `tracing` spans; sensitive query parameters are
-//! redacted in the access log and in `url.query` (as `REDACTED`, as the HTTP
-//! semantic conventions say).
+//! Secrets stay out. One list of secret-like names applies to query parameters,
+//! header names, event fields and span attributes: a name containing `pass`,
+//! `pwd`, `secret`, `token`, `key`, `auth`, `signature`, `credential`,
+//! `cookie`, `session`, `jwt`, `csrf`/`xsrf` or `cardnumber` (as Django hides
+//! settings: `api-key`, `access_token`, `client_secret`, `passphrase`,
+//! `X-Amz-Signature` all match, and so do `monkey` and `author`: over-redacting
+//! is the safe failure), or named exactly `sig`, `code` or `otp`, compared
+//! without case, after percent-decoding (`pass%77ord`) and without `-`, `_`,
+//! `.`. Such fields (and those [`ApmBuilder::redact_field`] names) are written
+//! as `[REDACTED]` in event lines and in the attributes of `tracing` spans;
+//! such query parameters (separated by `&` or `;`) are redacted in the access
+//! log, security events and `url.query` (as `REDACTED`, as the HTTP semantic
+//! conventions say). Errors, warnings and `Debug` output never show a header
+//! value given for the collector, nor the userinfo of a URL (`user:pw@`).
 //!
 //! Lines are written by a background thread from a bounded queue
 //! ([`LogOutput::queue_capacity`]): when the output cannot keep up, lines are
@@ -229,8 +237,9 @@
 //! response; the layer reports 401, 403 and oversized requests itself), the
 //! brute-force, traffic-spike and scanning detectors (fixed memory, each
 //! detection a log line and an alert through the notifiers) and a tamper-evident
-//! audit log ([`security::AuditLog`], checked by [`security::verify_audit_log`]
-//! and `examples/audit-verify.rs`). [`ApmBuilder::trusted_proxies`] says whose
+//! audit log ([`security::AuditLog`], checked by [`security::verify_audit_log`],
+//! against a head kept elsewhere by [`security::verify_audit_log_with_head`], and
+//! by `examples/audit-verify.rs`). [`ApmBuilder::trusted_proxies`] says whose
 //! `Forwarded`/`X-Forwarded-For` headers name the client. See [`security`].
 //!
 //! ```

@@ -67,9 +67,13 @@ async fn handler() -> &'static str {
         ssn = "hunter2",
         ratio = 0.5,
         ok = true,
+        client_secret = "hunter2",
+        "api-key" = "hunter2",
+        passphrase = "hunter2",
+        otp = "hunter2",
         "loaded user"
     );
-    let span = tracing::info_span!("load_profile", token = "hunter2");
+    let span = tracing::info_span!("load_profile", token = "hunter2", jwt = "hunter2");
     let _entered = span.enter();
     tracing::warn!(attempt = 2u64, "inside the child span");
     "ok"
@@ -88,12 +92,14 @@ async fn log_lines_carry_the_ids_of_the_request_span_and_secrets_are_nowhere() {
     let app = Router::new().route("/users/{id}", get(handler)).layer(apm.layer());
     let res = app
         .oneshot(
-            Request::get("/users/7?password=hunter2&page=1")
-                .header("authorization", "Bearer hunter2")
-                .header("cookie", "session=hunter2")
-                .header("user-agent", "logs-test/1")
-                .body(Body::empty())
-                .unwrap(),
+            Request::get(
+                "/users/7?password=hunter2&page=1&pass%77ord=hunter2&sort=asc;refresh_token=hunter2&api-key=hunter2",
+            )
+            .header("authorization", "Bearer hunter2")
+            .header("cookie", "session=hunter2")
+            .header("user-agent", "logs-test/1")
+            .body(Body::empty())
+            .unwrap(),
         )
         .await
         .unwrap();
@@ -111,6 +117,11 @@ async fn log_lines_carry_the_ids_of_the_request_span_and_secrets_are_nowhere() {
         Some("[REDACTED]"),
         "span attributes are redacted too"
     );
+    assert_eq!(child.str_attr("jwt").as_deref(), Some("[REDACTED]"));
+    assert_eq!(
+        server.str_attr("url.query").as_deref(),
+        Some("password=REDACTED&page=1&pass%77ord=REDACTED&sort=asc;refresh_token=REDACTED&api-key=REDACTED")
+    );
 
     let lines = read_lines(&dir);
     let loaded = lines.iter().find(|l| l["message"] == "loaded user").expect("the event");
@@ -122,6 +133,9 @@ async fn log_lines_carry_the_ids_of_the_request_span_and_secrets_are_nowhere() {
     assert_eq!(loaded["ok"], true);
     assert_eq!(loaded["password"], "[REDACTED]");
     assert_eq!(loaded["ssn"], "[REDACTED]", "a user-named field");
+    for name in ["client_secret", "api-key", "passphrase", "otp"] {
+        assert_eq!(loaded[name], "[REDACTED]", "{name}");
+    }
     assert_eq!(loaded["trace_id"], server.trace_id_hex().as_str());
     assert_eq!(loaded["span_id"], server.span_id_hex().as_str());
     let ts = loaded["timestamp"].as_str().unwrap();
@@ -145,7 +159,10 @@ async fn log_lines_carry_the_ids_of_the_request_span_and_secrets_are_nowhere() {
     assert_eq!(a["method"], "GET");
     assert_eq!(a["route"], "/users/{id}");
     assert_eq!(a["path"], "/users/7");
-    assert_eq!(a["query"], "password=REDACTED&page=1");
+    assert_eq!(
+        a["query"],
+        "password=REDACTED&page=1&pass%77ord=REDACTED&sort=asc;refresh_token=REDACTED&api-key=REDACTED"
+    );
     assert_eq!(a["status"], 200);
     assert_eq!(a["response_bytes"], 2);
     assert!(a["duration_ms"].as_f64().unwrap() >= 0.0);

@@ -26,12 +26,16 @@ use opentelemetry_http::hyper::HyperClient;
 use crate::config::ConfigError;
 use crate::logs::json::{JsonLine, push_object, push_string, push_time, write_timestamp};
 use crate::logs::writer::LogWriter;
+use crate::redact::{scrub_userinfo, url_for_display};
 
 /// Batches of notices waiting for the notification thread.
 const QUEUE: usize = 64;
 
 /// Where alerts are sent. Add with [`crate::ApmBuilder::notify`].
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output, its errors and the log lines about it show the URL
+/// without its userinfo (`http://user:pw@host` as `http://host`).
+#[derive(Clone)]
 #[must_use]
 pub struct Notifier {
     target: Target,
@@ -39,6 +43,18 @@ pub struct Notifier {
     repeat: Duration,
     timeout: Duration,
     retries: u32,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("target", &self.target)
+            .field("url", &url_for_display(&self.url))
+            .field("repeat", &self.repeat)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,10 +293,16 @@ impl Notifier {
         let uri: http::Uri = self
             .url
             .parse()
-            .map_err(|_| ConfigError::setting("notify", &self.url, "an http:// or https:// URL"))?;
+            .map_err(|_| ConfigError::url_setting("notify", &self.url, "an http:// or https:// URL"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(ConfigError::setting("notify", &self.url, "an http:// or https:// URL"));
+            return Err(ConfigError::url_setting(
+                "notify",
+                &self.url,
+                "an http:// or https:// URL",
+            ));
         }
+        crate::config::check_port(uri.authority().map_or("", http::uri::Authority::as_str))
+            .map_err(|why| ConfigError::url_setting("notify", &self.url, why))?;
         if self.repeat.is_zero() {
             return Err(ConfigError::setting(
                 "notify",
@@ -481,7 +503,7 @@ fn count(
             line.str_field("level", "WARN");
             line.str_field("target", "tower_apm::alerts");
             line.str_field("message", "alert notification failed");
-            line.str_field("url", &state.notifier.url);
+            line.str_field("url", &url_for_display(&state.notifier.url));
             line.str_field("error", &e);
             log.write(line.finish());
         }
@@ -522,7 +544,7 @@ async fn post(state: &State, body: Vec<u8>) -> Result<(), String> {
             Ok(res) => {
                 last = format!(
                     "{} answered {}: {}",
-                    state.notifier.url,
+                    url_for_display(&state.notifier.url),
                     res.status(),
                     String::from_utf8_lossy(res.body())
                         .chars()
@@ -534,7 +556,13 @@ async fn post(state: &State, body: Vec<u8>) -> Result<(), String> {
                     break;
                 }
             }
-            Err(e) => last = format!("{}: {e}", state.notifier.url),
+            Err(e) => {
+                last = format!(
+                    "{}: {}",
+                    url_for_display(&state.notifier.url),
+                    scrub_userinfo(&e.to_string())
+                );
+            }
         }
     }
     Err(last)
@@ -562,8 +590,8 @@ async fn email(state: &State, smtp: &Smtp, batch: &[Notice]) -> Result<(), Strin
         }
         match transport.send(message.clone()).await {
             Ok(_) => return Ok(()),
-            Err(e) if e.is_permanent() => return Err(format!("{}: {e}", state.notifier.url)),
-            Err(e) => last = format!("{}: {e}", state.notifier.url),
+            Err(e) if e.is_permanent() => return Err(format!("{}: {e}", url_for_display(&state.notifier.url))),
+            Err(e) => last = format!("{}: {e}", url_for_display(&state.notifier.url)),
         }
     }
     Err(last)
@@ -789,5 +817,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("an http:// or https:// URL"), "{err}");
+    }
+
+    #[test]
+    fn notifier_urls_need_a_possible_port_and_never_show_their_userinfo() {
+        for url in [
+            "http://127.0.0.1:99999/hook",
+            "http://user:hunter2@hooks:0/x",
+            "https://hooks:abc",
+        ] {
+            let err = Notifier::webhook(url).validate().unwrap_err().to_string();
+            assert!(err.contains("notify") && err.contains("port"), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let err = Notifier::webhook("ftp://user:hunter2@hooks/x")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ftp://hooks/x") && !err.contains("hunter2"), "{err}");
+        let n = Notifier::alertmanager("http://user:hunter2@am:9093");
+        assert!(n.validate().is_ok());
+        let debug = format!("{n:?}");
+        assert!(
+            debug.contains("http://am:9093/api/v2/alerts") && !debug.contains("hunter2"),
+            "{debug}"
+        );
     }
 }

@@ -4,8 +4,11 @@ use std::fmt;
 
 /// Why [`ApmBuilder::build`](crate::ApmBuilder::build) refused the configuration.
 ///
-/// Every variant names the setting (an `OTEL_*` variable or a builder method) and the
-/// offending value, so the message alone tells an operator what to change.
+/// Every variant names the setting (an `OTEL_*` variable or a builder method) and
+/// what is wrong, so the message alone tells an operator what to change. Values
+/// are shown where they hold no secret: never a header value (they carry the
+/// collector's credentials), never the userinfo of a URL (`http://user:pw@host`
+/// is shown as `http://host`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -13,16 +16,25 @@ pub enum ConfigError {
     InvalidVar {
         /// The variable, for example `OTEL_TRACES_SAMPLER_ARG`.
         name: String,
-        /// The value as it was found.
+        /// The value as it was found (a URL without its userinfo).
         value: String,
         /// What a valid value looks like.
         expected: String,
+    },
+    /// Headers for the collector (`OTEL_EXPORTER_OTLP_HEADERS`, its `_TRACES_`,
+    /// `_METRICS_` and `_LOGS_` forms, or [`ApmBuilder::header`](crate::ApmBuilder::header))
+    /// cannot be used. The value is not repeated: it holds credentials.
+    InvalidHeaders {
+        /// The variable, or `ApmBuilder::header`.
+        name: String,
+        /// What is wrong, naming the item (and the header name when it is a valid one).
+        problem: String,
     },
     /// A value given to the builder cannot be used.
     InvalidSetting {
         /// The builder method, for example `endpoint`.
         setting: &'static str,
-        /// The value as it was given.
+        /// The value as it was given (a URL without its userinfo).
         value: String,
         /// What a valid value looks like.
         expected: String,
@@ -38,6 +50,24 @@ pub enum ConfigError {
         /// The alert's name.
         alert: String,
         /// What is wrong with it, and what to write instead.
+        problem: String,
+    },
+    /// The audit log cannot be opened for writing.
+    AuditFile {
+        /// The file.
+        path: String,
+        /// Why it cannot be opened.
+        error: String,
+    },
+    /// The audit log's chain does not reach the head kept for it (its head
+    /// file, or [`AuditLog::expect_head`](crate::security::AuditLog::expect_head)):
+    /// records were removed from its end, the file was replaced or deleted, or
+    /// the head belongs to another log. The writer does not start a chain over
+    /// what may be evidence.
+    AuditChain {
+        /// The log file.
+        path: String,
+        /// What was expected and what was found.
         problem: String,
     },
     /// The log file cannot be opened for writing.
@@ -58,6 +88,22 @@ impl ConfigError {
         }
     }
 
+    /// An invalid URL setting: the value is shown without its userinfo.
+    pub(crate) fn url_var(name: &str, url: &str, expected: impl Into<String>) -> Self {
+        Self::var(name, &crate::redact::url_for_display(url), expected)
+    }
+
+    pub(crate) fn url_setting(setting: &'static str, url: &str, expected: impl Into<String>) -> Self {
+        Self::setting(setting, &crate::redact::url_for_display(url), expected)
+    }
+
+    pub(crate) fn headers(name: &str, problem: impl Into<String>) -> Self {
+        ConfigError::InvalidHeaders {
+            name: name.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
     pub(crate) fn setting(setting: &'static str, value: &str, expected: impl Into<String>) -> Self {
         ConfigError::InvalidSetting {
             setting,
@@ -73,6 +119,10 @@ impl fmt::Display for ConfigError {
             ConfigError::InvalidVar { name, value, expected } => {
                 write!(f, "invalid value {value:?} for {name}: expected {expected}")
             }
+            ConfigError::InvalidHeaders { name, problem } => write!(
+                f,
+                "invalid {name}: {problem} (the value is not shown: it holds credentials)"
+            ),
             ConfigError::InvalidSetting {
                 setting,
                 value,
@@ -87,6 +137,17 @@ impl fmt::Display for ConfigError {
             ConfigError::Subscriber(msg) => write!(
                 f,
                 "cannot install the tracing subscriber ({msg}): compose Apm::tracing_layer into yours instead"
+            ),
+            ConfigError::AuditFile { path, error } => write!(
+                f,
+                "cannot write the audit log {path} ({error}): create its directory and make the file writable \
+                 by this process (and only by it: the log is evidence), or give Security::audit_log another path"
+            ),
+            ConfigError::AuditChain { path, problem } => write!(
+                f,
+                "the audit log {path} does not reach its kept head: {problem}. Keep the files as evidence and \
+                 check them with `audit-verify --head SEQ:MAC`; to start a new chain, move the log, its \
+                 rotated files and its .head file aside"
             ),
             ConfigError::LogFile { path, error } => write!(
                 f,

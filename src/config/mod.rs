@@ -16,7 +16,9 @@ pub(crate) use env::EnvSource;
 pub use error::ConfigError;
 
 use crate::trace::Sampler;
-use env::parse_key_values;
+use env::{parse_headers, parse_key_values};
+
+use crate::redact::url_for_display;
 
 /// The OTLP transport, as `OTEL_EXPORTER_OTLP_PROTOCOL` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +31,7 @@ pub enum Protocol {
 }
 
 /// What the builder was told explicitly; these win over the environment.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Settings {
     pub(crate) env: EnvSource,
     pub(crate) service_name: Option<String>,
@@ -44,6 +46,38 @@ pub(crate) struct Settings {
     pub(crate) custom_exporter: bool,
     pub(crate) metrics: Option<bool>,
     pub(crate) max_series: Option<usize>,
+}
+
+/// Shows the endpoint without its userinfo and the headers' names only.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("env", &self.env)
+            .field("service_name", &self.service_name)
+            .field("service_version", &self.service_version)
+            .field("resource", &self.resource)
+            .field("disabled", &self.disabled)
+            .field("endpoint", &self.endpoint.as_deref().map(url_for_display))
+            .field("protocol", &self.protocol)
+            .field("headers", &HeaderNames(&self.headers))
+            .field("timeout", &self.timeout)
+            .field("sampler", &self.sampler)
+            .field("custom_exporter", &self.custom_exporter)
+            .field("metrics", &self.metrics)
+            .field("max_series", &self.max_series)
+            .finish()
+    }
+}
+
+/// Headers in `Debug` output: each name, with its value hidden.
+struct HeaderNames<'a>(&'a [(String, String)]);
+
+impl std::fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, _)| (k, format_args!("<hidden>"))))
+            .finish()
+    }
 }
 
 /// Which metric readers run (`OTEL_METRICS_EXPORTER`).
@@ -74,7 +108,7 @@ pub(crate) struct BatchConfig {
 }
 
 /// Where and how spans are sent over OTLP.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct OtlpConfig {
     /// For gRPC the collector's base URL; for HTTP the full `/v1/traces` (or
     /// `/v1/metrics`) URL.
@@ -84,7 +118,24 @@ pub(crate) struct OtlpConfig {
     pub(crate) timeout: Duration,
 }
 
+/// Shows the endpoint without its userinfo and the headers' names only.
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &url_for_display(&self.endpoint))
+            .field("protocol", &self.protocol)
+            .field("headers", &HeaderNames(&self.headers))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 impl OtlpConfig {
+    /// The endpoint without its userinfo, for logs and errors.
+    pub(crate) fn endpoint_for_display(&self) -> std::borrow::Cow<'_, str> {
+        url_for_display(&self.endpoint)
+    }
+
     /// The headers (gRPC metadata) sent with every export.
     pub(crate) fn header_map(&self) -> http::HeaderMap {
         let mut headers = http::HeaderMap::new();
@@ -335,15 +386,15 @@ fn otlp_for(s: &Settings, sig: &SignalVars) -> Result<OtlpConfig, ConfigError> {
     };
     let endpoint = match &s.endpoint {
         Some(e) => {
-            check_endpoint(e).map_err(|why| ConfigError::setting("endpoint", e, why))?;
+            check_endpoint(e).map_err(|why| ConfigError::url_setting("endpoint", e, why))?;
             signal_url(e, protocol, sig.path)
         }
         None => {
             if let Some(e) = env.get(sig.endpoint) {
-                check_endpoint(&e).map_err(|why| ConfigError::var(sig.endpoint, &e, why))?;
+                check_endpoint(&e).map_err(|why| ConfigError::url_var(sig.endpoint, &e, why))?;
                 e // the signal-specific URL is used as it is
             } else if let Some(e) = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-                check_endpoint(&e).map_err(|why| ConfigError::var("OTEL_EXPORTER_OTLP_ENDPOINT", &e, why))?;
+                check_endpoint(&e).map_err(|why| ConfigError::url_var("OTEL_EXPORTER_OTLP_ENDPOINT", &e, why))?;
                 signal_url(&e, protocol, sig.path)
             } else {
                 match protocol {
@@ -354,27 +405,20 @@ fn otlp_for(s: &Settings, sig: &SignalVars) -> Result<OtlpConfig, ConfigError> {
         }
     };
     let mut headers = match env.get_either(sig.headers, "OTEL_EXPORTER_OTLP_HEADERS") {
-        Some((name, raw)) => {
-            let kv = parse_key_values(name, &raw)?;
-            for (k, v) in &kv {
-                if http::HeaderName::from_bytes(k.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err() {
-                    return Err(ConfigError::var(
-                        name,
-                        &raw,
-                        format!("valid HTTP header names and values (not {k:?})"),
-                    ));
-                }
-            }
-            kv
-        }
+        Some((name, raw)) => parse_headers(name, &raw)?,
         None => Vec::new(),
     };
     for (k, v) in &s.headers {
-        if http::HeaderName::from_bytes(k.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err() {
-            return Err(ConfigError::setting(
-                "header",
-                &format!("{k}: {v}"),
-                "a valid HTTP header name and value",
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return Err(ConfigError::headers(
+                "ApmBuilder::header",
+                "the name is not an HTTP header name (letters, digits and -, without ':' or spaces)",
+            ));
+        }
+        if http::HeaderValue::from_str(v).is_err() {
+            return Err(ConfigError::headers(
+                "ApmBuilder::header",
+                format!("the value of header {k:?} is not a valid HTTP header value (a control character?)"),
             ));
         }
         headers.retain(|(existing, _)| !existing.eq_ignore_ascii_case(k));
@@ -397,7 +441,8 @@ fn otlp_for(s: &Settings, sig: &SignalVars) -> Result<OtlpConfig, ConfigError> {
     })
 }
 
-/// Accepts `http://host[:port][/path]`; says what is wrong otherwise.
+/// Accepts `http://host[:port][/path]` with a port from 1 to 65535; says what is
+/// wrong otherwise (without repeating a userinfo).
 fn check_endpoint(e: &str) -> Result<(), String> {
     let uri: http::Uri = e
         .parse()
@@ -414,7 +459,28 @@ fn check_endpoint(e: &str) -> Result<(), String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("a URL with a host, such as http://localhost:4317".into());
     }
-    Ok(())
+    check_port(uri.authority().map_or("", http::uri::Authority::as_str))
+}
+
+/// The port of an authority (`user@host:port`, `[::1]:port`), when it has
+/// one, must be a number from 1 to 65535: the `http` crate parses
+/// `host:99999` and `host:abc` as URLs with no port at all.
+pub(crate) fn check_port(authority: &str) -> Result<(), String> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = match host_port.rfind(']') {
+        Some(i) => &host_port[i + 1..],
+        None => host_port,
+    };
+    let Some((_, port)) = after_host.rsplit_once(':') else {
+        return Ok(());
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.len() <= 5 => Ok(()),
+        _ => Err(format!(
+            "a URL whose port is a number from 1 to 65535 (not {:?}), such as http://localhost:4317",
+            port
+        )),
+    }
 }
 
 /// The generic endpoint gets the signal's path (`/v1/traces`, `/v1/metrics`)
@@ -594,7 +660,6 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://x"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
             ("OTEL_RESOURCE_ATTRIBUTES", "a=%zz"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
             ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
@@ -614,6 +679,124 @@ mod tests {
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20"),
         ]);
         assert!(msg.contains("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), "{msg}");
+    }
+
+    /// Every variable that holds an endpoint, and the builder's `endpoint`.
+    const ENDPOINT_VARS: &[&str] = &[
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        #[cfg(feature = "otlp-logs")]
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    ];
+
+    /// Resolves everything `ApmBuilder::build` resolves from these settings.
+    fn resolve_all(s: &Settings) -> Result<(), ConfigError> {
+        Config::resolve(s)?;
+        #[cfg(feature = "otlp-logs")]
+        otlp_logs(s)?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_impossible_port_is_refused_naming_the_variable() {
+        for var in ENDPOINT_VARS {
+            for port in ["99999", "0", "abc", "65536", "", "4317000000000000000000"] {
+                let url = format!("http://127.0.0.1:{port}");
+                let msg = resolve_all(&settings(&[(var, &url)])).unwrap_err().to_string();
+                assert!(msg.contains(var) && msg.contains("port"), "{var}={url}: {msg}");
+            }
+            for ok in [
+                "http://127.0.0.1:65535",
+                "http://[::1]:4317/x",
+                "http://collector",
+                "http://u:p@h:1",
+            ] {
+                resolve_all(&settings(&[(var, ok)])).unwrap();
+            }
+        }
+        let mut s = settings(&[]);
+        s.endpoint = Some("http://127.0.0.1:99999".into());
+        let msg = resolve_all(&s).unwrap_err().to_string();
+        assert!(msg.contains("ApmBuilder::endpoint") && msg.contains("port"), "{msg}");
+        s.endpoint = Some("http://[::1]:70000".into());
+        assert!(resolve_all(&s).is_err());
+    }
+
+    #[test]
+    fn endpoint_errors_never_show_the_userinfo() {
+        for var in ENDPOINT_VARS {
+            for url in [
+                "http://user:hunter2@127.0.0.1:99999",
+                "https://user:hunter2@collector:4317",
+            ] {
+                let err = resolve_all(&settings(&[(var, url)])).unwrap_err();
+                let (display, debug) = (err.to_string(), format!("{err:?}"));
+                assert!(display.contains(var), "{display}");
+                assert!(!display.contains("hunter2") && !display.contains("user"), "{display}");
+                assert!(!debug.contains("hunter2"), "{debug}");
+            }
+        }
+        let mut s = settings(&[]);
+        s.endpoint = Some("ftp://user:hunter2@collector".into());
+        let msg = resolve_all(&s).unwrap_err().to_string();
+        assert!(msg.contains("ftp://collector") && !msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn header_errors_never_show_a_header_value() {
+        for var in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            #[cfg(feature = "otlp-logs")]
+            "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+        ] {
+            for raw in [
+                "authorization=Bearer hunter2,oops",
+                "authorization: Bearer hunter2",
+                "authorization=Bearer%zzhunter2",
+                "hunter2",
+            ] {
+                let err = resolve_all(&settings(&[(var, raw)])).unwrap_err();
+                let (display, debug) = (err.to_string(), format!("{err:?}"));
+                assert!(display.contains(var), "{var}={raw}: {display}");
+                assert!(
+                    !display.contains("hunter2") && !debug.contains("hunter2"),
+                    "{var}={raw}: {display}"
+                );
+            }
+        }
+        let mut s = settings(&[]);
+        s.headers = vec![("authorization".into(), "Bearer hunter2\n".into())];
+        let msg = resolve_all(&s).unwrap_err().to_string();
+        assert!(
+            msg.contains("ApmBuilder::header") && msg.contains("authorization"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+        s.headers = vec![("Bearer hunter2".into(), "x".into())];
+        let msg = resolve_all(&s).unwrap_err().to_string();
+        assert!(msg.contains("ApmBuilder::header") && !msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn debug_output_shows_no_header_value_and_no_userinfo() {
+        let mut s = settings(&[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer hunter2"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://user:hunter2@m:4317"),
+        ]);
+        s.endpoint = Some("http://user:hunter2@collector:4317".into());
+        s.headers = vec![("x-api-key".into(), "hunter2".into())];
+        let c = Config::resolve(&s).unwrap();
+        assert_eq!(c.otlp.as_ref().unwrap().endpoint, "http://user:hunter2@collector:4317");
+        for debug in [format!("{s:?}"), format!("{c:?}"), format!("{:?}", c.metrics)] {
+            assert!(!debug.contains("hunter2") && !debug.contains("user"), "{debug}");
+            assert!(
+                debug.contains("collector:4317") && debug.contains("x-api-key"),
+                "{debug}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 use crate::config::{ConfigError, OtlpConfig, Protocol};
+use crate::redact::scrub_userinfo;
 
 type ExportFuture<'a> = Pin<Box<dyn Future<Output = OTelSdkResult> + Send + 'a>>;
 
@@ -50,7 +51,9 @@ impl ExporterSpec {
     pub(crate) fn build(self) -> Result<Box<dyn DynSpanExporter>, ConfigError> {
         match self {
             ExporterSpec::Custom(e) => Ok(e),
-            ExporterSpec::Otlp(cfg) => build_otlp(&cfg).map_err(|e| ConfigError::Exporter(e.to_string())),
+            ExporterSpec::Otlp(cfg) => {
+                build_otlp(&cfg).map_err(|e| ConfigError::Exporter(scrub_userinfo(&e.to_string()).into_owned()))
+            }
         }
     }
 }

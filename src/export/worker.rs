@@ -17,7 +17,7 @@ use super::ExportError;
 use super::exporter::{DynSpanExporter, ExporterSpec};
 use super::queue::{Item, SpanQueue};
 use crate::config::{BatchConfig, ConfigError};
-use crate::redact::Redactor;
+use crate::redact::{Redactor, scrub_userinfo};
 use crate::trace::span::{Clock, SpanBuilder};
 
 pub(crate) enum Command {
@@ -91,7 +91,7 @@ impl Worker {
                     Some(Command::Shutdown(reply)) => {
                         let r = self.export_queued().await;
                         let shut = self.exporter.shutdown_dyn(self.batch.export_timeout);
-                        let _ = reply.send(r.and(shut.map_err(|e| ExportError::Exporter(e.to_string()))));
+                        let _ = reply.send(r.and(shut.map_err(|e| ExportError::Exporter(scrub_userinfo(&e.to_string()).into_owned()))));
                         return;
                     }
                     None => {
@@ -160,7 +160,7 @@ impl Worker {
         let counters = &self.queue.counters;
         let outcome = match tokio::time::timeout(self.batch.export_timeout, self.exporter.export_batch(batch)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ExportError::Exporter(e.to_string())),
+            Ok(Err(e)) => Err(ExportError::Exporter(scrub_userinfo(&e.to_string()).into_owned())),
             Err(_) => Err(ExportError::Timeout(self.batch.export_timeout)),
         };
         match &outcome {

@@ -20,6 +20,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
 
 use crate::config::{ConfigError, OtlpConfig, Protocol};
+use crate::redact::scrub_userinfo;
 
 /// Records sent per export.
 const BATCH: usize = 512;
@@ -127,7 +128,7 @@ fn build(cfg: &OtlpConfig) -> Result<opentelemetry_otlp::LogExporter, ConfigErro
             .with_headers(cfg.headers.iter().cloned().collect())
             .build(),
     };
-    exporter.map_err(|e| ConfigError::Exporter(format!("logs: {e}")))
+    exporter.map_err(|e| ConfigError::Exporter(format!("logs: {}", scrub_userinfo(&e.to_string()))))
 }
 
 fn run(

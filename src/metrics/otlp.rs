@@ -35,6 +35,7 @@ use super::{DURATION_BOUNDS_S, Exemplar, HistogramSnapshot, Metrics, SIZE_BOUNDS
 use crate::config::{ConfigError, MetricsConfig, OtlpConfig, Protocol};
 use crate::export::ExportError;
 use crate::export::worker::report;
+use crate::redact::{scrub_userinfo, url_for_display};
 
 enum Command {
     Flush(oneshot::Sender<Result<(), ExportError>>),
@@ -121,7 +122,13 @@ enum Transport {
 impl Transport {
     fn new(cfg: &OtlpConfig, timeout: Duration) -> Result<Transport, ConfigError> {
         let headers = cfg.header_map();
-        let bad = |e: String| ConfigError::Exporter(format!("metrics endpoint {}: {e}", cfg.endpoint));
+        let bad = |e: String| {
+            ConfigError::Exporter(format!(
+                "metrics endpoint {}: {}",
+                cfg.endpoint_for_display(),
+                scrub_userinfo(&e)
+            ))
+        };
         Ok(match cfg.protocol {
             Protocol::Grpc => {
                 let channel = tonic::transport::Channel::from_shared(cfg.endpoint.clone())
@@ -155,7 +162,7 @@ impl Transport {
                     .export(request)
                     .await
                     .map(|_| ())
-                    .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))
+                    .map_err(|s| format!("gRPC {:?}: {}", s.code(), scrub_userinfo(s.message())))
             }
             Transport::Http { client, url, headers } => {
                 let mut request = http::Request::post(url.clone())
@@ -163,11 +170,18 @@ impl Transport {
                     .body(Bytes::from(req.encode_to_vec()))
                     .map_err(|e| e.to_string())?;
                 request.headers_mut().extend(headers.clone());
-                let res = client.send_bytes(request).await.map_err(|e| e.to_string())?;
+                let res = client
+                    .send_bytes(request)
+                    .await
+                    .map_err(|e| scrub_userinfo(&e.to_string()).into_owned())?;
                 if res.status().is_success() {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {} from {url}", res.status()))
+                    Err(format!(
+                        "HTTP {} from {}",
+                        res.status(),
+                        url_for_display(&url.to_string())
+                    ))
                 }
             }
         }
@@ -239,7 +253,7 @@ impl PushWorker {
                 if !self.failing {
                     self.failing = true;
                     let msg = e.to_string();
-                    let endpoint = self.otlp.endpoint.clone();
+                    let endpoint = self.otlp.endpoint_for_display().into_owned();
                     report(move || {
                         tracing::warn!(
                             target: "tower_apm",

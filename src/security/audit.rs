@@ -1,6 +1,8 @@
 //! A tamper-evident audit log: security events as JSON lines, each bound to the
 //! one before it by a hash chain, so that [`verify_audit_log`] finds a record
-//! that was edited, deleted, inserted, moved or cut short.
+//! that was edited, inserted, moved, cut short or deleted from the middle; and,
+//! given a head kept elsewhere ([`verify_audit_log_with_head`]), records
+//! removed from the end.
 //!
 //! # Record format
 //!
@@ -29,23 +31,49 @@
 //!
 //! # What it detects, and what it does not
 //!
-//! Within the files it is given, the verifier reports the first record that was
-//! edited, deleted, inserted, moved or cut short. Without a key, whoever can
-//! write the files can also recompute every hash after a change, so only
-//! changes by someone who does not are caught; with a key, nobody without it
-//! can forge a record.
+//! Within the files it is given, the verifier reports the first record that
+//! was edited, inserted, moved (reordered), cut short, or deleted before the
+//! last record (a gap in `seq`, or a `prev` that is not the mac before it).
+//! Without a key, whoever can write the files can also recompute every hash
+//! after a change, so only changes by someone who does not are caught; with a
+//! key, nobody without it can forge a record. The log is not encrypted.
 //!
-//! The chain cannot show what is missing at its ends: the first record read is
-//! trusted as the start (deleting the oldest files goes unnoticed), and the
-//! newest records or files can be removed at a line boundary. Keep
-//! [`Verified::head`] and `last_seq` where the log's writers cannot change them
-//! (another host, a ticket, a log service) and compare them the next time. The
-//! log is not encrypted.
+//! The chain alone cannot show what is missing at its ends:
+//!
+//! - **The newest records, or the newest files, removed** at a line boundary
+//!   (the tail cut), or **the whole log deleted**: the records that remain
+//!   still form a valid chain. Only a head kept elsewhere shows it: keep
+//!   [`Verified::to_head`] (`SEQ:MAC`, printed by `audit-verify`) where the
+//!   log's writers cannot change it (another host, a ticket, a log service)
+//!   and check it the next time with [`verify_audit_log_with_head`]
+//!   (`audit-verify --head SEQ:MAC`): a chain that no longer reaches it, or
+//!   that has another record at its `seq`, is reported.
+//! - **The oldest files deleted**: the first record read is trusted as the
+//!   start. A kept head older than every record given is reported as such
+//!   ([`BreakKind::HeadBeforeFiles`]).
+//!
+//! # After a restart
+//!
+//! The writer keeps its head (`SEQ:MAC` of the last record synced) in a small
+//! file next to the log, `.NAME.head` (hidden, so that `NAME*` does not match
+//! it; [`AuditLog::head_file`] moves it), rewritten after each batch. When it
+//! starts, it continues the chain only if the log still holds that record
+//! (and the one [`AuditLog::expect_head`] names, when one is given): when the
+//! log ends before it, holds another record at its `seq`, or is gone, the
+//! writer refuses to start ([`ConfigError::AuditChain`](crate::ConfigError::AuditChain),
+//! so [`ApmBuilder::build`](crate::ApmBuilder::build) fails) rather than go on
+//! over a cut chain or start a new one over the evidence. To start a new chain
+//! after checking the files, move the log, its rotated files and its head file
+//! aside. The head file is written by the same process as the log: it catches
+//! a tail cut by someone (or something: a restored backup, a wrong rotation
+//! tool) that did not also rewrite it, and no more; a head kept elsewhere
+//! catches the rest.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::SystemTime;
 
 use hmac::{Hmac, Mac};
@@ -89,6 +117,8 @@ pub struct AuditLog {
     rotation: Rotation,
     backups: usize,
     durability: Durability,
+    head_file: Option<PathBuf>,
+    expect_head: Option<AuditHead>,
 }
 
 impl AuditLog {
@@ -101,12 +131,16 @@ impl AuditLog {
             rotation: Rotation::Never,
             backups: 5,
             durability: Durability::Batch,
+            head_file: None,
+            expect_head: None,
         }
     }
 
     /// The HMAC key of the records' macs. Without a key the chain detects
-    /// edits, deletions, reordering and truncation by anyone who does not
-    /// recompute the hashes; with a key, nobody without it can forge a record.
+    /// edits, insertions, reordering and deletions before the last record by
+    /// anyone who does not recompute the hashes; with a key, nobody without it
+    /// can forge a record. Records removed from the end are only seen against
+    /// a head kept elsewhere (see the [module](self)).
     /// The verifier needs the same key.
     pub fn key(mut self, key: impl Into<Vec<u8>>) -> AuditLog {
         self.key = Some(key.into());
@@ -129,6 +163,35 @@ impl AuditLog {
         &self.path
     }
 
+    /// Where the writer keeps its head, `SEQ:MAC` of the last record synced
+    /// (default: `.NAME.head` next to the log, for a log named `NAME`). At
+    /// start, the log must still reach it: see the [module](self)'s "After a
+    /// restart".
+    pub fn head_file(mut self, path: impl Into<PathBuf>) -> AuditLog {
+        self.head_file = Some(path.into());
+        self
+    }
+
+    /// A head kept elsewhere (from `audit-verify`, or [`Verified::to_head`]):
+    /// the writer refuses to start unless the log holds that record, so a log
+    /// whose tail was cut, or that was replaced, is not silently continued.
+    pub fn expect_head(mut self, head: AuditHead) -> AuditLog {
+        self.expect_head = Some(head);
+        self
+    }
+
+    /// The head file's path.
+    pub(crate) fn head_path(&self) -> PathBuf {
+        if let Some(p) = &self.head_file {
+            return p.clone();
+        }
+        let name = self
+            .path
+            .file_name()
+            .map_or_else(|| "audit".into(), |n| n.to_string_lossy().into_owned());
+        self.path.with_file_name(format!(".{name}.head"))
+    }
+
     /// When records are forced to disk (default: once per batch).
     pub fn durability(mut self, d: Durability) -> AuditLog {
         self.durability = d;
@@ -144,6 +207,8 @@ impl fmt::Debug for AuditLog {
             .field("rotation", &self.rotation)
             .field("backups", &self.backups)
             .field("durability", &self.durability)
+            .field("head_file", &self.head_path())
+            .field("expect_head", &self.expect_head)
             .finish()
     }
 }
@@ -158,10 +223,93 @@ pub struct Verified {
     pub first_seq: u64,
     /// The `seq` of the last record.
     pub last_seq: u64,
-    /// The `mac` of the last record. Keep it (with `last_seq`) where the log's
-    /// writers cannot change it: the chain alone cannot show records removed
-    /// from its end, or its oldest files deleted.
+    /// The `mac` of the last record. Keep it (with `last_seq`: [`Verified::to_head`])
+    /// where the log's writers cannot change it, and check it the next time
+    /// with [`verify_audit_log_with_head`]: the chain alone cannot show records
+    /// removed from its end.
     pub head: String,
+}
+
+impl Verified {
+    /// The head to keep elsewhere: `last_seq` and `head`.
+    pub fn to_head(&self) -> AuditHead {
+        AuditHead {
+            seq: self.last_seq,
+            mac: self.head.clone(),
+        }
+    }
+}
+
+/// A record's place in the chain, kept to check the log against later: its
+/// `seq` and `mac`. Written and parsed as `SEQ:MAC` (`41:3f9a...`, the mac in
+/// 64 hex digits), as `audit-verify` prints it and reads it (`--head`).
+///
+/// ```
+/// use tower_apm::security::AuditHead;
+///
+/// let head: AuditHead = format!("41:{}", "ab".repeat(32)).parse().unwrap();
+/// assert_eq!(head.seq, 41);
+/// assert_eq!(head.to_string(), format!("41:{}", "ab".repeat(32)));
+/// assert!("41".parse::<AuditHead>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AuditHead {
+    /// The record's `seq`.
+    pub seq: u64,
+    /// The record's `mac`: 64 lowercase hex digits.
+    pub mac: String,
+}
+
+impl fmt::Display for AuditHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, self.mac)
+    }
+}
+
+/// Why a text is not an [`AuditHead`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidHead(String);
+
+impl fmt::Display for InvalidHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: expected SEQ:MAC, a record's seq and its mac in 64 hex digits, as audit-verify prints them",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidHead {}
+
+impl FromStr for AuditHead {
+    type Err = InvalidHead;
+
+    fn from_str(s: &str) -> Result<AuditHead, InvalidHead> {
+        let s = s.trim();
+        let (seq, mac) = s
+            .split_once(':')
+            .ok_or_else(|| InvalidHead("no ':' between the seq and the mac".into()))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| InvalidHead(format!("the seq {seq:?} is not a whole number")))?;
+        let mac = mac.to_ascii_lowercase();
+        if hex64(mac.as_bytes()).is_none() {
+            return Err(InvalidHead("the mac is not 64 hex digits".into()));
+        }
+        Ok(AuditHead { seq, mac })
+    }
+}
+
+impl AuditHead {
+    /// `None` when the mac is not 64 lowercase hex digits (a head built by
+    /// hand): no record can match it.
+    fn link(&self) -> Option<Link> {
+        hex64(self.mac.as_bytes()).map(|mac| Link {
+            seq: self.seq,
+            mac: *mac,
+        })
+    }
 }
 
 /// The first record that breaks the chain, found by [`verify_audit_log`].
@@ -169,7 +317,9 @@ pub struct Verified {
 pub struct ChainBreak {
     /// The file it is in.
     pub file: PathBuf,
-    /// Its line in the file, from 1 (0 when the file could not be read).
+    /// Its line in the file, from 1 (0 when the file could not be read, or
+    /// when what is wrong is where the chain ends: [`BreakKind::HeadNotReached`],
+    /// [`BreakKind::HeadBeforeFiles`]).
     pub line: u64,
     /// Its `seq`, when the line has one.
     pub seq: Option<u64>,
@@ -204,6 +354,28 @@ pub enum BreakKind {
         /// The operating system's error.
         error: String,
     },
+    /// The chain ends before the kept head: records (or the newest files)
+    /// were removed from its end, or the whole log was deleted.
+    HeadNotReached {
+        /// The kept head's `seq`.
+        head_seq: u64,
+        /// The `seq` of the last record found; `None` when there is none.
+        last_seq: Option<u64>,
+    },
+    /// The record at the kept head's `seq` has another mac: the chain was
+    /// rewritten from there, or the head is another log's (or another key's).
+    HeadMismatch {
+        /// The kept head's `seq`.
+        head_seq: u64,
+    },
+    /// The kept head is older than the first record given: it cannot be
+    /// checked without the older files.
+    HeadBeforeFiles {
+        /// The kept head's `seq`.
+        head_seq: u64,
+        /// The `seq` of the first record given.
+        first_seq: u64,
+    },
 }
 
 impl fmt::Display for BreakKind {
@@ -220,6 +392,31 @@ impl fmt::Display for BreakKind {
                 f.write_str("its prev is not the mac of the record before it: a record was replaced, deleted or moved")
             }
             BreakKind::Unreadable { error } => write!(f, "cannot read: {error}"),
+            BreakKind::HeadNotReached {
+                head_seq,
+                last_seq: Some(last),
+            } => write!(
+                f,
+                "the chain ends at seq {last}, before the kept head at seq {head_seq}: records were removed \
+                 from its end (or the newest files are missing)"
+            ),
+            BreakKind::HeadNotReached {
+                head_seq,
+                last_seq: None,
+            } => write!(
+                f,
+                "no record, but the kept head is at seq {head_seq}: the log was emptied or deleted"
+            ),
+            BreakKind::HeadMismatch { head_seq } => write!(
+                f,
+                "the record at the kept head's seq {head_seq} has another mac: the chain was rewritten from \
+                 there, or the head belongs to another log or key"
+            ),
+            BreakKind::HeadBeforeFiles { head_seq, first_seq } => write!(
+                f,
+                "the kept head (seq {head_seq}) is older than the first record given (seq {first_seq}): \
+                 give the older files too"
+            ),
         }
     }
 }
@@ -246,7 +443,8 @@ impl std::error::Error for ChainBreak {}
 /// The first record read is trusted as the chain's start: its `prev` is only
 /// checked at seq 0 (it must be zeros). So deleting the oldest files, or
 /// records at the end, cannot be seen from the files alone: keep
-/// [`Verified::head`] elsewhere and compare it the next time.
+/// [`Verified::to_head`] elsewhere and check it the next time with
+/// [`verify_audit_log_with_head`].
 ///
 /// ```no_run
 /// use tower_apm::security::verify_audit_log;
@@ -258,6 +456,34 @@ impl std::error::Error for ChainBreak {}
 /// }
 /// ```
 pub fn verify_audit_log<P: AsRef<Path>>(files: &[P], key: Option<&[u8]>) -> Result<Verified, ChainBreak> {
+    verify(files, key, None)
+}
+
+/// [`verify_audit_log`], and the chain must reach `head`, kept elsewhere since
+/// an earlier check (`audit-verify` prints it; [`Verified::to_head`]): the
+/// record at `head.seq` must be in the files, with `head.mac`. This catches
+/// what the chain alone cannot: records removed from its end, the newest
+/// files or the whole log deleted ([`BreakKind::HeadNotReached`]), and a chain
+/// rewritten from the head on ([`BreakKind::HeadMismatch`]). Records written
+/// after the head are checked as usual.
+///
+/// ```no_run
+/// use tower_apm::security::{AuditHead, verify_audit_log_with_head};
+///
+/// let kept: AuditHead = std::fs::read_to_string("/mnt/elsewhere/app.audit.head")?.parse()?;
+/// let v = verify_audit_log_with_head(&["/var/log/checkout/app.audit"], Some(b"key".as_slice()), &kept)?;
+/// std::fs::write("/mnt/elsewhere/app.audit.head", v.to_head().to_string())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn verify_audit_log_with_head<P: AsRef<Path>>(
+    files: &[P],
+    key: Option<&[u8]>,
+    head: &AuditHead,
+) -> Result<Verified, ChainBreak> {
+    verify(files, key, Some(head))
+}
+
+fn verify<P: AsRef<Path>>(files: &[P], key: Option<&[u8]>, head: Option<&AuditHead>) -> Result<Verified, ChainBreak> {
     let hasher = Hasher::new(key);
     let mut ordered = Vec::with_capacity(files.len());
     for file in files {
@@ -268,9 +494,37 @@ pub fn verify_audit_log<P: AsRef<Path>>(files: &[P], key: Option<&[u8]>) -> Resu
     }
     // A file that does not start with a record comes first, to be reported.
     ordered.sort_by_key(|&(seq, _)| seq);
-    let mut chain = Chain::default();
-    for (_, file) in ordered {
+    let mut chain = Chain {
+        head: head.map(|h| (h.seq, h.link())),
+        ..Chain::default()
+    };
+    for &(_, file) in &ordered {
         chain.verify_file(file, &hasher)?;
+    }
+    if let Some(head) = head {
+        if !chain.head_seen {
+            let file = ordered
+                .last()
+                .map(|(_, f)| f.to_path_buf())
+                .or_else(|| files.last().map(|f| f.as_ref().to_owned()))
+                .unwrap_or_default();
+            let kind = match chain.first_seq {
+                Some(first_seq) if head.seq < first_seq => BreakKind::HeadBeforeFiles {
+                    head_seq: head.seq,
+                    first_seq,
+                },
+                _ => BreakKind::HeadNotReached {
+                    head_seq: head.seq,
+                    last_seq: chain.last.map(|l| l.seq),
+                },
+            };
+            return Err(ChainBreak {
+                file,
+                line: 0,
+                seq: None,
+                kind,
+            });
+        }
     }
     Ok(Verified {
         records: chain.records,
@@ -302,6 +556,9 @@ struct Chain {
     records: u64,
     first_seq: Option<u64>,
     last: Option<Link>,
+    /// The kept head to find, and its link (`None`: a mac no record can have).
+    head: Option<(u64, Option<Link>)>,
+    head_seen: bool,
 }
 
 impl Chain {
@@ -350,6 +607,14 @@ impl Chain {
                     return Err(broken(seq, BreakKind::PrevMismatch));
                 }
                 None => {}
+            }
+            if let Some((head_seq, link)) = self.head {
+                if record.seq == head_seq {
+                    if link.is_none_or(|l| l.mac != *record.mac) {
+                        return Err(broken(seq, BreakKind::HeadMismatch { head_seq }));
+                    }
+                    self.head_seen = true;
+                }
             }
             self.records += 1;
             self.first_seq.get_or_insert(record.seq);
@@ -464,6 +729,21 @@ fn hex(bytes: &[u8]) -> [u8; 64] {
     out
 }
 
+/// Why the audit writer did not start.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// The log (or its head file) cannot be read or written.
+    Io(io::Error),
+    /// The log does not reach its kept head: what was expected and found.
+    Cut(String),
+}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> OpenError {
+        OpenError::Io(e)
+    }
+}
+
 /// Appends records to the audit log, continuing its chain.
 pub(crate) struct AuditWriter {
     file: RotatingFile,
@@ -474,6 +754,9 @@ pub(crate) struct AuditWriter {
     prev: [u8; 64],
     /// Whether records were written since the last sync.
     unsynced: bool,
+    /// Where the head is kept, and whether records were written since it was.
+    head_path: PathBuf,
+    head_stale: bool,
     line: Vec<u8>,
 }
 
@@ -483,7 +766,11 @@ impl AuditWriter {
     /// the newest backup. A partial last line (a crash mid-write) is left as it
     /// is (the verifier will report it), a newline is written after it, and the
     /// chain continues from the last complete record.
-    pub(crate) fn open(config: &AuditLog, now: SystemTime) -> io::Result<AuditWriter> {
+    ///
+    /// The log must reach the head in its head file and the one the config
+    /// expects: the record at the head's seq must be in it, with the head's
+    /// mac. Otherwise [`OpenError::Cut`], and nothing is written.
+    pub(crate) fn open(config: &AuditLog, now: SystemTime) -> Result<AuditWriter, OpenError> {
         let path = &config.path;
         let (mut last, partial) = last_record(path)?;
         if last.is_none() {
@@ -495,10 +782,23 @@ impl AuditWriter {
                 }
             }
         }
+        let head_path = config.head_path();
+        let kept = read_head(&head_path)?;
+        if let Some(head) = &kept {
+            reaches(path, last, head, &format!("its head file {}", head_path.display()))?;
+        }
+        if let Some(head) = &config.expect_head {
+            reaches(path, last, head, "the head given to AuditLog::expect_head")?;
+        }
         if partial {
             let mut file = OpenOptions::new().append(true).open(path)?;
             file.write_all(b"\n")?;
             file.sync_data()?;
+        }
+        if let Some(l) = last {
+            if kept.is_none_or(|k| k.link() != Some(l)) {
+                write_head(&head_path, l)?;
+            }
         }
         let (next_seq, prev) = last.map_or((0, ZEROS), |l| (l.seq.wrapping_add(1), l.mac));
         Ok(AuditWriter {
@@ -508,6 +808,8 @@ impl AuditWriter {
             next_seq,
             prev,
             unsynced: false,
+            head_path,
+            head_stale: false,
             line: Vec::with_capacity(256),
         })
     }
@@ -543,29 +845,135 @@ impl AuditWriter {
         self.file.write_line_through(line, now)?;
         self.next_seq = self.next_seq.wrapping_add(1);
         self.prev = mac;
+        self.unsynced = true;
+        self.head_stale = true;
         match self.durability {
-            Durability::EveryRecord => self.file.sync(),
-            Durability::Batch => {
-                self.unsynced = true;
+            Durability::EveryRecord => {
+                self.file.sync()?;
+                self.unsynced = false;
                 Ok(())
             }
+            Durability::Batch => Ok(()),
         }
     }
 
-    /// The end of a batch: under [`Durability::Batch`], syncs the records
-    /// written since the last sync.
+    /// The end of a batch: syncs the records written since the last sync
+    /// (under [`Durability::Batch`], or after a failed sync), then keeps the
+    /// new head in the head file: never a head whose record is not on disk.
     pub(crate) fn end_batch(&mut self) -> io::Result<()> {
         if self.unsynced {
             self.file.sync()?;
             self.unsynced = false;
         }
+        if self.head_stale {
+            let head = Link {
+                seq: self.next_seq.wrapping_sub(1),
+                mac: self.prev,
+            };
+            write_head(&self.head_path, head)?;
+            self.head_stale = false;
+        }
         Ok(())
+    }
+}
+
+/// The head kept in `path`; `None` when there is no such file.
+fn read_head(path: &Path) -> Result<Option<AuditHead>, OpenError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.parse().map(Some).map_err(|e: InvalidHead| {
+            OpenError::Cut(format!(
+                "its head file {} holds no head ({e}); it was edited, or is not an audit head",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(OpenError::Io(e)),
+    }
+}
+
+/// Replaces the head file with `head` (a new file synced, then renamed over
+/// the old one: a crash leaves the old head or the new one, never half).
+fn write_head(path: &Path, head: Link) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut text = Vec::with_capacity(86);
+    push_u64(&mut text, head.seq);
+    text.push(b':');
+    text.extend_from_slice(&head.mac);
+    text.push(b'\n');
+    let mut file = File::create(&tmp)?;
+    file.write_all(&text)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Whether the log at `path`, whose last record is `last`, holds the record
+/// of `head`; `what` names where the head comes from.
+fn reaches(path: &Path, last: Option<Link>, head: &AuditHead, what: &str) -> Result<(), OpenError> {
+    let cut = |problem: String| Err(OpenError::Cut(problem));
+    let Some(link) = head.link() else {
+        return cut(format!("{what} has a mac that is not 64 lowercase hex digits"));
+    };
+    let Some(last) = last else {
+        return cut(format!(
+            "the log holds no record, but {what} is at seq {}: it was emptied, deleted or replaced",
+            head.seq
+        ));
+    };
+    if last.seq < head.seq {
+        return cut(format!(
+            "its last record is seq {}, but {what} is at seq {}: records were removed from its end",
+            last.seq, head.seq
+        ));
+    }
+    let found = if last.seq == head.seq {
+        Some(last)
+    } else {
+        let mut found = record_with_seq(path, head.seq)?;
+        if found.is_none() {
+            for backup in rotate::backups(path)? {
+                found = record_with_seq(&backup, head.seq)?;
+                if found.is_some() {
+                    break;
+                }
+            }
+        }
+        found
+    };
+    match found {
+        Some(record) if record == link => Ok(()),
+        Some(_) => cut(format!(
+            "the record at seq {} is not the one {what} names (another mac): the chain was rewritten \
+             from there, or the head belongs to another log",
+            head.seq
+        )),
+        None => cut(format!(
+            "no file of the log holds seq {}, the record {what} names: the files that held it were \
+             removed or replaced",
+            head.seq
+        )),
     }
 }
 
 /// The last whole record of `path` (none when it is missing or holds none),
 /// and whether the file ends with part of a line. Reads from the end.
 fn last_record(path: &Path) -> io::Result<(Option<Link>, bool)> {
+    scan_back(path, Some)
+}
+
+/// The record of `path` with `seq`, found reading from the end (and stopping
+/// at the first record before it).
+fn record_with_seq(path: &Path, seq: u64) -> io::Result<Option<Link>> {
+    let (found, _) = scan_back(path, |l| (l.seq <= seq).then_some(l))?;
+    Ok(found.filter(|l| l.seq == seq))
+}
+
+/// The first whole record of `path`, newest first, for which `stop` says
+/// `Some` (none when the file is missing or none does), and whether the file
+/// ends with part of a line. Reads windows from the end, growing; `stop` may
+/// see a record more than once.
+fn scan_back(path: &Path, stop: impl Fn(Link) -> Option<Link>) -> io::Result<(Option<Link>, bool)> {
     let mut file = match File::open(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, false)),
         file => file?,
@@ -591,13 +999,13 @@ fn last_record(path: &Path) -> io::Result<(Option<Link>, bool)> {
                 break;
             }
             if let Ok(r) = parse(line) {
-                return Ok((
-                    Some(Link {
-                        seq: r.seq,
-                        mac: *r.mac,
-                    }),
-                    partial,
-                ));
+                let link = Link {
+                    seq: r.seq,
+                    mac: *r.mac,
+                };
+                if let Some(found) = stop(link) {
+                    return Ok((Some(found), partial));
+                }
             }
         }
         if start == 0 {
@@ -643,6 +1051,10 @@ mod tests {
             w.append(&format!("\"event\":\"e{i}\""), now).unwrap();
         }
         w.end_batch().unwrap();
+    }
+
+    fn read_lines(path: &Path) -> Vec<String> {
+        lines(path)
     }
 
     fn lines(path: &Path) -> Vec<String> {
@@ -693,6 +1105,7 @@ mod tests {
         for key in [Some(KEY), None] {
             let path = d.join("app.audit");
             let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(d.join(".app.audit.head"));
             let mut config = AuditLog::new(&path);
             if let Some(key) = key {
                 config = config.key(key);
@@ -844,7 +1257,10 @@ mod tests {
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(cut as u64).unwrap();
         drop(file);
-        write(&AuditLog::new(&path).key(KEY), 3..5);
+        // A crash mid-record: the head file never named the record being written.
+        let config = AuditLog::new(&path).key(KEY);
+        write_head(&config.head_path(), last_record(&path).unwrap().0.unwrap()).unwrap();
+        write(&config, 3..5);
         let after = lines(&path);
         assert_eq!(after.len(), 6);
         assert_eq!(after[3], before[3][..30]);
@@ -868,7 +1284,11 @@ mod tests {
         write(&config, 0..12);
         // And across a restart, in the newest file.
         write(&config, 12..20);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&d.0).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&d.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p != &config.head_path())
+            .collect();
         assert!(files.len() >= 4, "{files:?}");
         files.sort();
         files.reverse();
@@ -1079,6 +1499,199 @@ mod tests {
             b.to_string(),
             "app.audit line 7 (seq 6): record edited or wrong key: its mac does not match"
         );
+    }
+
+    fn link_of(line: &str) -> AuditHead {
+        let seq = line["{\"seq\":".len()..line.find(',').unwrap()].parse().unwrap();
+        AuditHead { seq, mac: mac_of(line) }
+    }
+
+    #[test]
+    fn a_head_reads_and_writes_as_seq_colon_mac() {
+        let mac = "0123456789abcdef".repeat(4);
+        let head: AuditHead = format!(" 41:{} \n", mac.to_uppercase()).parse().unwrap();
+        assert_eq!(
+            head,
+            AuditHead {
+                seq: 41,
+                mac: mac.clone()
+            }
+        );
+        assert_eq!(head.to_string(), format!("41:{mac}"));
+        for bad in [
+            "",
+            "41",
+            "x:00",
+            &format!("41:{}", &mac[1..]),
+            &format!("-1:{mac}"),
+            &format!("41:{}g", &mac[1..]),
+        ] {
+            let err = bad.parse::<AuditHead>().unwrap_err();
+            assert!(err.to_string().contains("expected SEQ:MAC"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_kept_head_shows_a_cut_tail_a_deleted_log_and_a_rewritten_chain() {
+        let d = TempDir::new("head");
+        let (path, lines) = five(&d);
+        let head = link_of(&lines[4]);
+        let v = verify_audit_log_with_head(&[&path], Some(KEY), &head).unwrap();
+        assert_eq!(v.to_head(), head);
+        // An older head: the records after it are checked as usual.
+        let v = verify_audit_log_with_head(&[&path], Some(KEY), &link_of(&lines[2])).unwrap();
+        assert_eq!((v.records, v.last_seq), (5, 4));
+
+        // The newest two records removed: the chain alone still holds.
+        rewrite(&path, &lines[..3]);
+        assert_eq!(verify_audit_log(&[&path], Some(KEY)).unwrap().records, 3);
+        let cut = verify_audit_log_with_head(&[&path], Some(KEY), &head).unwrap_err();
+        assert_eq!(
+            cut,
+            ChainBreak {
+                file: path.clone(),
+                line: 0,
+                seq: None,
+                kind: BreakKind::HeadNotReached {
+                    head_seq: 4,
+                    last_seq: Some(2)
+                }
+            }
+        );
+        assert!(cut.to_string().contains("removed from its end"), "{cut}");
+
+        // All of it.
+        rewrite(&path, &[]);
+        let gone = verify_audit_log_with_head(&[&path], Some(KEY), &head).unwrap_err();
+        assert_eq!(
+            gone.kind,
+            BreakKind::HeadNotReached {
+                head_seq: 4,
+                last_seq: None
+            }
+        );
+
+        // A chain written again from seq 0 with the key: whole, but not the one kept.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(AuditLog::new(&path).head_path()).unwrap();
+        let now = SystemTime::now();
+        let mut w = AuditWriter::open(&AuditLog::new(&path).key(KEY), now).unwrap();
+        for i in 0..6 {
+            w.append(&format!("\"event\":\"rewritten{i}\""), now).unwrap();
+        }
+        w.end_batch().unwrap();
+        assert_eq!(verify_audit_log(&[&path], Some(KEY)).unwrap().records, 6);
+        assert_eq!(
+            verify_audit_log_with_head(&[&path], Some(KEY), &head),
+            broken(&path, 5, 4, BreakKind::HeadMismatch { head_seq: 4 })
+        );
+
+        // Older than every record given.
+        let mut later = lines.clone();
+        later.drain(..3);
+        rewrite(&path, &later);
+        let before = verify_audit_log_with_head(&[&path], Some(KEY), &link_of(&lines[1])).unwrap_err();
+        assert_eq!(
+            before.kind,
+            BreakKind::HeadBeforeFiles {
+                head_seq: 1,
+                first_seq: 3
+            }
+        );
+    }
+
+    #[test]
+    fn the_writer_keeps_its_head_next_to_the_log_after_each_batch() {
+        let d = TempDir::new("headfile");
+        let (path, lines) = five(&d);
+        let config = AuditLog::new(&path).key(KEY);
+        assert_eq!(config.head_path(), d.join(".app.audit.head"));
+        let kept = std::fs::read_to_string(config.head_path()).unwrap();
+        assert_eq!(kept, format!("{}\n", link_of(&lines[4])));
+        let elsewhere = d.join("kept.head");
+        write(&config.clone().head_file(&elsewhere), 5..6);
+        let last = read_lines(&path).pop().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).unwrap().trim(),
+            link_of(&last).to_string()
+        );
+    }
+
+    #[test]
+    fn a_restart_refuses_a_log_whose_tail_was_cut_or_that_was_deleted() {
+        let d = TempDir::new("restart");
+        let (path, lines) = five(&d);
+        let config = AuditLog::new(&path).key(KEY);
+        rewrite(&path, &lines[..3]);
+        let Err(OpenError::Cut(why)) = AuditWriter::open(&config, SystemTime::now()) else {
+            panic!("a cut tail was continued");
+        };
+        assert!(why.contains("last record is seq 2") && why.contains("seq 4"), "{why}");
+        assert_eq!(read_lines(&path), lines[..3], "nothing written");
+
+        std::fs::remove_file(&path).unwrap();
+        let Err(OpenError::Cut(why)) = AuditWriter::open(&config, SystemTime::now()) else {
+            panic!("a deleted log was started over");
+        };
+        assert!(why.contains("holds no record"), "{why}");
+        assert!(!path.exists());
+
+        // Another chain in its place: the record at the head's seq differs.
+        rewrite(&path, &lines);
+        let mut other = lines.clone();
+        other[4] = other[4].replace(&mac_of(&lines[4]), &"0".repeat(64));
+        rewrite(&path, &other);
+        let Err(OpenError::Cut(why)) = AuditWriter::open(&config, SystemTime::now()) else {
+            panic!("another chain was continued");
+        };
+        assert!(why.contains("another mac"), "{why}");
+
+        // A head file that is not one.
+        rewrite(&path, &lines);
+        std::fs::write(config.head_path(), "hello\n").unwrap();
+        assert!(matches!(
+            AuditWriter::open(&config, SystemTime::now()),
+            Err(OpenError::Cut(_))
+        ));
+    }
+
+    #[test]
+    fn a_restart_accepts_a_head_behind_the_log_and_checks_an_expected_head() {
+        let d = TempDir::new("behind");
+        let (path, lines) = five(&d);
+        let config = AuditLog::new(&path).key(KEY);
+        // A crash after records were synced, before the head file was rewritten.
+        write_head(&config.head_path(), link_of(&lines[2]).link().unwrap()).unwrap();
+        let w = AuditWriter::open(&config, SystemTime::now()).unwrap();
+        assert_eq!(w.next_seq, 5);
+        drop(w);
+        assert_eq!(
+            std::fs::read_to_string(config.head_path()).unwrap().trim(),
+            link_of(&lines[4]).to_string(),
+            "the head file is brought up to the log"
+        );
+
+        // A head kept elsewhere, older than the log's end: fine.
+        let expecting = config.clone().expect_head(link_of(&lines[1]));
+        write(&expecting, 5..7);
+        // One the log does not reach (the head file gone too): refused.
+        rewrite(&path, &read_lines(&path)[..4]);
+        std::fs::remove_file(config.head_path()).unwrap();
+        let expecting = config.clone().expect_head(link_of(&lines[4]));
+        let Err(OpenError::Cut(why)) = AuditWriter::open(&expecting, SystemTime::now()) else {
+            panic!("the expected head was not checked");
+        };
+        assert!(why.contains("AuditLog::expect_head") && why.contains("seq 4"), "{why}");
+        // A head whose record went with a rotated file that was removed.
+        let gone = AuditHead {
+            seq: 1,
+            mac: "ab".repeat(32),
+        };
+        rewrite(&path, &read_lines(&path)[2..]);
+        let Err(OpenError::Cut(why)) = AuditWriter::open(&config.clone().expect_head(gone), SystemTime::now()) else {
+            panic!("an unreachable head was accepted");
+        };
+        assert!(why.contains("no file of the log holds seq 1"), "{why}");
     }
 
     #[test]

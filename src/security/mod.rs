@@ -38,6 +38,11 @@
 //! forwarded ([`ApmBuilder::trusted_proxies`](crate::ApmBuilder::trusted_proxies)).
 //! Forwarding headers from anyone else are recorded as `forwarded_untrusted`
 //! and never believed.
+//!
+//! The audit log's chain shows records edited, inserted, moved or deleted
+//! before the last one; records removed from its end only against a head kept
+//! elsewhere, and the writer refuses to start on a log that no longer reaches
+//! its kept head: see [`audit`].
 
 pub mod audit;
 mod detect;
@@ -45,7 +50,10 @@ mod event;
 pub(crate) mod monitor;
 mod sketch;
 
-pub use audit::{AuditLog, BreakKind, ChainBreak, Durability, Verified, verify_audit_log};
+pub use audit::{
+    AuditHead, AuditLog, BreakKind, ChainBreak, Durability, InvalidHead, Verified, verify_audit_log,
+    verify_audit_log_with_head,
+};
 pub use detect::{BruteForce, Scanning, TrafficSpike};
 pub(crate) use event::ReportedEvents;
 pub use event::{Level, SecurityEvent};

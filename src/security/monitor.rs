@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Security;
-use super::audit::AuditWriter;
+use super::audit::{AuditWriter, OpenError};
 use super::detect::{Detection, Detectors};
 use super::event::{EventRecord, Kind, Level, RequestFacts, SecurityEvent};
 use crate::alerts::notify::{Dispatcher, Notice};
@@ -89,9 +89,15 @@ impl Monitor {
             .audit
             .as_ref()
             .map(|a| {
-                AuditWriter::open(a, SystemTime::now()).map_err(|e| ConfigError::LogFile {
-                    path: a.path().display().to_string(),
-                    error: e.to_string(),
+                AuditWriter::open(a, SystemTime::now()).map_err(|e| match e {
+                    OpenError::Io(e) => ConfigError::AuditFile {
+                        path: a.path().display().to_string(),
+                        error: e.to_string(),
+                    },
+                    OpenError::Cut(problem) => ConfigError::AuditChain {
+                        path: a.path().display().to_string(),
+                        problem,
+                    },
                 })
             })
             .transpose()?;
