@@ -915,6 +915,7 @@ impl ApmBuilder {
         if let Some(p) = &pipeline {
             provider = provider.with_span_processor(QueueProcessor {
                 queue: Arc::clone(&p.queue),
+                value_limit: config.value_limit,
             });
         }
         let provider = provider.build();
@@ -957,7 +958,13 @@ impl ApmBuilder {
             .then(|| Dispatcher::start(self.notifiers.clone(), Arc::clone(&logs)))
             .transpose()?;
         let security = match &self.security {
-            Some(cfg) if security_on => Some(Monitor::start(cfg, &service, Arc::clone(&logs), notify.clone())?),
+            Some(cfg) if security_on => Some(Monitor::start(
+                cfg,
+                &service,
+                Arc::clone(&logs),
+                notify.clone(),
+                config.value_limit,
+            )?),
             _ => None,
         };
         let alerts = match (&metrics, none) {
@@ -1013,6 +1020,7 @@ impl ApmBuilder {
             propagation: config.propagation,
             ids: RandomIdGenerator::default(),
             trusted_proxies,
+            value_limit: config.value_limit,
             db_used: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Apm {

@@ -328,6 +328,7 @@ mod config;
 pub mod db;
 mod export;
 mod layer;
+mod limits;
 mod logs;
 mod metrics;
 mod record;

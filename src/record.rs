@@ -64,6 +64,31 @@ impl ShortStr {
         }
     }
 
+    /// Copies `bytes` cut to at most `limit` bytes (at a character boundary,
+    /// ending in an ellipsis) when they are longer: a client chooses how long
+    /// its headers are, the crate does not keep more than the limit.
+    pub(crate) fn cut(bytes: &[u8], limit: usize) -> Self {
+        match crate::limits::cut_len(bytes, limit) {
+            None => ShortStr::new(bytes),
+            Some(end) => {
+                let mut v = Vec::with_capacity(end + crate::limits::CUT_MARK.len());
+                v.extend_from_slice(&bytes[..end]);
+                if limit >= crate::limits::CUT_MARK.len() {
+                    v.extend_from_slice(crate::limits::CUT_MARK.as_bytes());
+                }
+                ShortStr::new(&v)
+            }
+        }
+    }
+
+    /// The bytes it holds on the heap (0 when inline).
+    pub(crate) fn heap_len(&self) -> usize {
+        match self {
+            ShortStr::Inline { .. } => 0,
+            ShortStr::Heap(b) => b.len(),
+        }
+    }
+
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             ShortStr::Inline { len, buf } => &buf[..usize::from(*len)],

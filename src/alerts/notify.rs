@@ -17,6 +17,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use crate::limits::ByteBudget;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -365,11 +367,30 @@ struct Batch {
     events: bool,
 }
 
+impl Batch {
+    /// About how many bytes the batch holds, for the queue's byte budget.
+    fn bytes(&self) -> usize {
+        self.notices
+            .iter()
+            .map(|n| {
+                std::mem::size_of::<Notice>()
+                    + n.labels
+                        .iter()
+                        .chain(&n.annotations)
+                        .map(|(k, v)| k.len() + v.len() + std::mem::size_of::<(String, String)>())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
 /// The senders' side of the notification thread (the alert evaluation and the
 /// security monitor share it).
 #[derive(Debug, Clone)]
 pub(crate) struct Dispatcher {
     tx: SyncSender<Batch>,
+    /// The bytes of the queued batches.
+    queued: Arc<ByteBudget>,
     pub(crate) counters: Arc<NotifyCounters>,
 }
 
@@ -382,6 +403,8 @@ impl Dispatcher {
         let (tx, rx) = sync_channel::<Batch>(QUEUE);
         let counters = Arc::new(NotifyCounters::default());
         let c = Arc::clone(&counters);
+        let queued = Arc::new(ByteBudget::new(crate::limits::NOTIFY_QUEUE_BYTES));
+        let q = Arc::clone(&queued);
         crate::export::spawn_export_thread(
             "tower-apm-notify",
             move |_rt| {
@@ -396,9 +419,9 @@ impl Dispatcher {
                     .collect::<Vec<_>>();
                 Ok(states)
             },
-            move |rt, states| run(rt, states, &rx, &c, &log),
+            move |rt, states| run(rt, states, &rx, &q, &c, &log),
         )?;
-        Ok(Dispatcher { tx, counters })
+        Ok(Dispatcher { tx, queued, counters })
     }
 
     /// Hands the alerts of one evaluation (every firing alert and those that
@@ -420,9 +443,15 @@ impl Dispatcher {
     }
 
     fn enqueue(&self, batch: Batch) {
+        let bytes = batch.bytes();
+        if !self.queued.try_reserve(bytes) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.release(bytes);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -441,10 +470,13 @@ fn run(
     rt: &tokio::runtime::Runtime,
     mut states: Vec<State>,
     rx: &Receiver<Batch>,
+    queued: &ByteBudget,
     counters: &NotifyCounters,
     log: &LogWriter,
 ) {
-    while let Ok(Batch { notices: batch, events }) = rx.recv() {
+    while let Ok(b) = rx.recv() {
+        queued.release(b.bytes());
+        let Batch { notices: batch, events } = b;
         let now = SystemTime::now();
         for state in &mut states {
             if events {

@@ -171,6 +171,10 @@ pub(crate) struct Config {
     pub(crate) batch: BatchConfig,
     pub(crate) propagation: Propagation,
     pub(crate) metrics: MetricsConfig,
+    /// The longest value (in bytes) kept of a client-controlled string or a
+    /// span attribute: `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else
+    /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else 4,096.
+    pub(crate) value_limit: usize,
 }
 
 const SERVICE_NAME: &str = opentelemetry_semantic_conventions::resource::SERVICE_NAME;
@@ -191,6 +195,12 @@ impl Config {
             batch: batch(env)?,
             propagation: propagation(env)?,
             metrics: metrics(s)?,
+            value_limit: match env.positive("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")? {
+                Some(n) => n,
+                None => env
+                    .positive("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")?
+                    .unwrap_or(crate::limits::DEFAULT_VALUE_LIMIT),
+            },
         })
     }
 }

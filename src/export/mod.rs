@@ -67,7 +67,11 @@ impl Pipeline {
         batch: BatchConfig,
         redactor: crate::redact::Redactor,
     ) -> Result<Self, ConfigError> {
-        let queue = Arc::new(SpanQueue::new(batch.max_queue_size, batch.max_export_batch_size));
+        let queue = Arc::new(SpanQueue::new(
+            batch.max_queue_size,
+            crate::limits::span_queue_bytes(batch.max_queue_size),
+            batch.max_export_batch_size,
+        ));
         let (tx, rx) = mpsc::unbounded_channel();
         worker::spawn(spec, resource, batch, redactor, Arc::clone(&queue), rx)?;
         Ok(Pipeline { queue, commands: tx })

@@ -31,6 +31,61 @@ pub(crate) enum Item {
     Sdk(Box<SpanData>),
 }
 
+impl Item {
+    /// About how many bytes the item holds (its box and what that points
+    /// to), for the queue's byte budget. Client-controlled strings in it are
+    /// already cut to the value limit; this bounds their sum.
+    fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        match self {
+            Item::Server(r) => {
+                let strings = [r.authority.as_ref(), r.user_agent.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .chain([&r.target, &r.request_id])
+                    .map(crate::record::ShortStr::heap_len)
+                    .sum::<usize>();
+                let claimed = r.claimed_forwarded.as_ref().map_or(0, |(_, v)| v.heap_len());
+                let panic = r.panic.as_ref().map_or(0, String::len);
+                let events = r.security_events.as_ref().map_or(0, |e| e.bytes());
+                size_of::<RequestRecord>() + strings + claimed + panic + events
+            }
+            Item::Client(r) => {
+                size_of::<ClientRecord>()
+                    + r.uri.path_and_query().map_or(0, |p| p.as_str().len())
+                    + r.uri.authority().map_or(0, |a| a.as_str().len())
+            }
+            Item::Db(r) => size_of::<DbRecord>() + r.status_code.as_ref().map_or(0, String::len),
+            Item::Sdk(s) => size_of::<SpanData>() + sdk_span_bytes(s),
+        }
+    }
+}
+
+/// The strings an SDK span holds: its name, attributes, events and links.
+fn sdk_span_bytes(s: &SpanData) -> usize {
+    fn attrs(kvs: &[opentelemetry::KeyValue]) -> usize {
+        kvs.iter()
+            .map(|kv| {
+                let value = match &kv.value {
+                    opentelemetry::Value::String(v) => v.as_str().len(),
+                    opentelemetry::Value::Array(opentelemetry::Array::String(v)) => {
+                        v.iter().map(|x| x.as_str().len()).sum()
+                    }
+                    _ => 8,
+                };
+                kv.key.as_str().len() + value + std::mem::size_of::<opentelemetry::KeyValue>()
+            })
+            .sum()
+    }
+    let events: usize = s
+        .events
+        .iter()
+        .map(|e| e.name.len() + attrs(&e.attributes) + std::mem::size_of::<opentelemetry::trace::Event>())
+        .sum();
+    let links: usize = s.links.iter().map(|l| attrs(&l.attributes)).sum();
+    s.name.len() + attrs(&s.attributes) + events + links
+}
+
 /// Counters shared by the queue and the export thread.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -45,9 +100,16 @@ pub(crate) struct Counters {
 /// How many emptied record boxes wait for reuse at most.
 const MAX_SPARE_RECORDS: usize = 1024;
 
+/// The queued spans and the bytes they hold.
+#[derive(Debug)]
+struct Queued {
+    items: Vec<Item>,
+    bytes: usize,
+}
+
 #[derive(Debug)]
 pub(crate) struct SpanQueue {
-    items: Mutex<Vec<Item>>,
+    queued: Mutex<Queued>,
     /// Record boxes the export thread has emptied, handed back to the request
     /// path: a box allocated on a request thread and freed on the export thread
     /// takes glibc's slower cross-thread paths on both sides. Measured with
@@ -59,6 +121,8 @@ pub(crate) struct SpanQueue {
     #[expect(clippy::vec_box, reason = "the boxes themselves are what is reused")]
     spare_db: Mutex<Vec<Box<DbRecord>>>,
     capacity: usize,
+    /// The most bytes the queued spans may hold (their strings included).
+    max_bytes: usize,
     batch: usize,
     /// The recent slow and failed requests, kept by the export thread for the
     /// status page.
@@ -68,9 +132,13 @@ pub(crate) struct SpanQueue {
 }
 
 impl SpanQueue {
-    pub(crate) fn new(capacity: usize, batch: usize) -> Self {
+    pub(crate) fn new(capacity: usize, max_bytes: usize, batch: usize) -> Self {
         SpanQueue {
-            items: Mutex::new(Vec::with_capacity(batch)),
+            queued: Mutex::new(Queued {
+                items: Vec::with_capacity(batch),
+                bytes: 0,
+            }),
+            max_bytes,
             spare_records: Mutex::new(Vec::new()),
             spare_db: Mutex::new(Vec::new()),
             capacity,
@@ -84,19 +152,21 @@ impl SpanQueue {
         }
     }
 
-    /// Queues a span; drops and counts it when the queue is full. Never blocks
-    /// beyond an uncontended lock.
+    /// Queues a span; drops and counts it when the queue is full, in entries
+    /// or in bytes. Never blocks beyond an uncontended lock.
     pub(crate) fn push(&self, item: Item) {
+        let bytes = item.bytes();
         let len = {
-            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-            if items.len() >= self.capacity {
-                drop(items);
+            let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+            if q.items.len() >= self.capacity || q.bytes + bytes > self.max_bytes {
+                drop(q);
                 drop(item);
                 self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            items.push(item);
-            items.len()
+            q.items.push(item);
+            q.bytes += bytes;
+            q.items.len()
         };
         if len == self.batch {
             self.wake.notify_one();
@@ -107,8 +177,9 @@ impl SpanQueue {
     /// previous round) in its place: the two buffers are reused, never reallocated.
     pub(crate) fn take(&self, spare: Vec<Item>) -> Vec<Item> {
         debug_assert!(spare.is_empty());
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *items, spare)
+        let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        q.bytes = 0;
+        std::mem::replace(&mut q.items, spare)
     }
 
     /// A record box to fill, if one is waiting for reuse.

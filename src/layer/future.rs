@@ -155,7 +155,9 @@ where
             Err(panic) => {
                 this.inner.set(None);
                 if let Some(s) = this.state.as_mut() {
-                    s.record.panic = Some(panic_message(panic.as_ref()));
+                    let mut message = panic_message(panic.as_ref());
+                    crate::limits::cut_in_place(&mut message, s.shared.value_limit);
+                    s.record.panic = Some(message);
                 }
                 Poll::Ready(Ok(internal_error(this.state.take())))
             }

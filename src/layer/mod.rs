@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) propagation: Propagation,
     pub(crate) ids: RandomIdGenerator,
     pub(crate) trusted_proxies: client_addr::TrustedProxies,
+    /// The longest client-controlled value kept, in bytes.
+    pub(crate) value_limit: usize,
     /// Whether a [`Database`](crate::db::Database) was made: requests then
     /// count their handler's queries.
     pub(crate) db_used: std::sync::atomic::AtomicBool,

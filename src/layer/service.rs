@@ -66,9 +66,12 @@ impl<S> ApmService<S> {
             None => req.extensions().get::<MatchedPath>().cloned().map(Route::Matched),
         };
         let uri = req.uri();
+        // Every client-controlled string is cut to the value limit before it
+        // is kept: a client chooses how long its headers are.
+        let limit = self.shared.value_limit;
         let authority = match uri.authority() {
-            Some(a) => Some(ShortStr::new(a.as_str().as_bytes())),
-            None => found.host.map(|h| ShortStr::new(h.as_bytes())),
+            Some(a) => Some(ShortStr::cut(a.as_str().as_bytes(), limit)),
+            None => found.host.map(|h| ShortStr::cut(h.as_bytes(), limit)),
         };
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
@@ -89,18 +92,18 @@ impl<S> ApmService<S> {
             if self.shared.recorder.wants_security() {
                 claimed_forwarded = trusted
                     .claim(peer_trusted, found.forwarding, req.headers())
-                    .map(|(name, value)| (name, ShortStr::new(value)));
+                    .map(|(name, value)| (name, ShortStr::cut(value, limit)));
             }
         }
         self.shared.recorder.started(req.method(), https);
         let record = self.shared.recorder.boxed(RequestRecord {
             method: req.method().clone(),
             route,
-            target: ShortStr::new(target.as_bytes()),
+            target: ShortStr::cut(target.as_bytes(), limit),
             https,
             version: req.version(),
             authority,
-            user_agent: found.user_agent.map(|h| ShortStr::new(h.as_bytes())),
+            user_agent: found.user_agent.map(|h| ShortStr::cut(h.as_bytes(), limit)),
             client: peer,
             forwarded_client,
             claimed_forwarded,

@@ -47,6 +47,7 @@ pub struct LogOutput {
     rotation: Rotation,
     backups: usize,
     queue: usize,
+    queue_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -79,6 +80,7 @@ impl LogOutput {
             rotation: Rotation::Never,
             backups: 5,
             queue: 8192,
+            queue_bytes: crate::limits::LOG_QUEUE_BYTES,
         }
     }
 
@@ -117,6 +119,15 @@ impl LogOutput {
         self
     }
 
+    /// How many bytes of lines may wait for the writer (default 8 MiB), so a
+    /// reader that stops reading (a stalled pipe, a full disk) holds the
+    /// process to that much whatever the lines' length. Beyond it lines are
+    /// dropped and counted, like lines beyond [`LogOutput::queue_capacity`].
+    pub fn queue_bytes(mut self, n: usize) -> Self {
+        self.queue_bytes = n;
+        self
+    }
+
     pub(crate) fn start(&self) -> Result<LogWriter, ConfigError> {
         let sink =
             match &self.target {
@@ -140,7 +151,7 @@ impl LogOutput {
                     }
                 },
             };
-        LogWriter::start(sink, self.queue).map_err(|e| ConfigError::Worker(e.to_string()))
+        LogWriter::start(sink, self.queue, self.queue_bytes).map_err(|e| ConfigError::Worker(e.to_string()))
     }
 }
 

@@ -89,6 +89,8 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     capacity: usize,
+    /// The most bytes of queued lines.
+    max_bytes: usize,
 }
 
 impl Shared {
@@ -120,8 +122,9 @@ impl Drop for LogWriter {
 }
 
 impl LogWriter {
-    /// Starts the writer thread with a queue of `capacity` lines.
-    pub(crate) fn start(sink: Sink, capacity: usize) -> io::Result<LogWriter> {
+    /// Starts the writer thread with a queue of `capacity` lines and at most
+    /// `max_bytes` bytes.
+    pub(crate) fn start(sink: Sink, capacity: usize, max_bytes: usize) -> io::Result<LogWriter> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 bytes: Vec::new(),
@@ -131,6 +134,7 @@ impl LogWriter {
             }),
             wake: Condvar::new(),
             capacity: capacity.max(1),
+            max_bytes,
         });
         let counters = Arc::new(LogCounters::default());
         let (s, c) = (Arc::clone(&shared), Arc::clone(&counters));
@@ -153,7 +157,7 @@ impl LogWriter {
     /// counts it when the queue is full.
     pub(crate) fn write(&self, mut line: Vec<u8>) {
         let mut q = self.shared.lock();
-        let queued = if q.lines >= self.shared.capacity {
+        let queued = if q.lines >= self.shared.capacity || q.bytes.len() + line.len() > self.shared.max_bytes {
             false
         } else {
             q.bytes.extend_from_slice(&line);

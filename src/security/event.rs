@@ -112,6 +112,24 @@ impl SecurityEvent {
         }
     }
 
+    /// About how many bytes the event holds.
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of::<SecurityEvent>()
+            + self.name.len()
+            + self.description.len()
+            + self.user.as_ref().map_or(0, String::len)
+    }
+
+    /// Cuts the name, description and user to `limit` bytes each: a handler
+    /// may put anything a client sent in them.
+    pub(crate) fn cut(&mut self, limit: usize) {
+        crate::limits::cut_in_place(&mut self.name, limit);
+        crate::limits::cut_in_place(&mut self.description, limit);
+        if let Some(user) = &mut self.user {
+            crate::limits::cut_in_place(user, limit);
+        }
+    }
+
     fn with_user(name: String, kind: Kind, level: Level, user: &str, description: String) -> SecurityEvent {
         SecurityEvent {
             name,
@@ -249,6 +267,11 @@ impl SecurityEvent {
 pub(crate) struct ReportedEvents(pub(crate) Vec<SecurityEvent>);
 
 impl ReportedEvents {
+    /// About how many bytes the events hold.
+    pub(crate) fn bytes(&self) -> usize {
+        self.0.iter().map(SecurityEvent::bytes).sum()
+    }
+
     /// Whether the handler reported an authentication or authorization
     /// outcome itself (then the layer adds none for a 401 or 403).
     pub(crate) fn has_auth(&self) -> bool {
@@ -284,6 +307,29 @@ pub(crate) struct RequestFacts {
     pub(crate) status: Option<u16>,
     pub(crate) user_agent: Option<String>,
     pub(crate) trace: Option<(TraceId, SpanId)>,
+}
+
+impl RequestFacts {
+    /// About how many bytes the strings hold.
+    pub(crate) fn bytes(&self) -> usize {
+        self.claimed_forwarded.as_ref().map_or(0, |(_, v)| v.len())
+            + self.uri.as_ref().map_or(0, String::len)
+            + self.route.as_ref().map_or(0, String::len)
+            + self.user_agent.as_ref().map_or(0, String::len)
+    }
+
+    /// Cuts every string a client chose to `limit` bytes.
+    pub(crate) fn cut(&mut self, limit: usize) {
+        for s in [&mut self.uri, &mut self.route, &mut self.user_agent]
+            .into_iter()
+            .flatten()
+        {
+            crate::limits::cut_in_place(s, limit);
+        }
+        if let Some((_, v)) = &mut self.claimed_forwarded {
+            crate::limits::cut_in_place(v, limit);
+        }
+    }
 }
 
 /// An event with its request, as the security thread writes it.

@@ -16,6 +16,7 @@ use super::detect::{Detection, Detectors};
 use super::event::{EventRecord, Kind, Level, RequestFacts, SecurityEvent};
 use crate::alerts::notify::{Dispatcher, Notice};
 use crate::config::ConfigError;
+use crate::limits::ByteBudget;
 use crate::logs::json::{self, JsonLine};
 use crate::logs::writer::LogWriter;
 use crate::record::RequestRecord;
@@ -47,6 +48,21 @@ enum Item {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+impl Item {
+    /// About how many bytes the item holds, for the queue's byte budget.
+    fn bytes(&self) -> usize {
+        match self {
+            Item::Event(e) => std::mem::size_of::<EventRecord>() + e.event.bytes() + e.request.bytes(),
+            Item::Detection(d) => {
+                std::mem::size_of::<(Detection, RequestFacts)>()
+                    + d.0.user.as_ref().map_or(0, String::len)
+                    + d.1.bytes()
+            }
+            Item::Flush(_) => 0,
+        }
+    }
+}
+
 /// One detection as the status endpoint shows it.
 #[derive(Debug, Clone)]
 pub(crate) struct Recent {
@@ -69,6 +85,10 @@ pub(crate) struct Monitor {
     /// Events queued and not yet handled, and how many may be.
     queued_events: Arc<AtomicUsize>,
     max_events: usize,
+    /// The bytes the queued items hold.
+    queued_bytes: Arc<ByteBudget>,
+    /// The longest string kept of what a handler or client chose.
+    value_limit: usize,
 }
 
 impl Monitor {
@@ -78,6 +98,7 @@ impl Monitor {
         service: &str,
         log: Arc<LogWriter>,
         notify: Option<Dispatcher>,
+        value_limit: usize,
     ) -> Result<Arc<Monitor>, ConfigError> {
         let detectors = Arc::new(Detectors::new(
             cfg.brute_force.clone(),
@@ -103,6 +124,7 @@ impl Monitor {
             .transpose()?;
         let (tx, rx) = sync_channel(cfg.queue + DETECTION_SLOTS);
         let queued_events = Arc::new(AtomicUsize::new(0));
+        let queued_bytes = Arc::new(ByteBudget::new(crate::limits::SECURITY_QUEUE_BYTES));
         let base = Instant::now();
         let counters = Arc::new(SecurityCounters::default());
         let recent = Arc::new(Mutex::new(VecDeque::with_capacity(RECENT)));
@@ -118,6 +140,7 @@ impl Monitor {
             alerts_per_minute: cfg.max_alerts_per_minute,
             minute: (base, 0),
             queued_events: Arc::clone(&queued_events),
+            queued_bytes: Arc::clone(&queued_bytes),
         };
         std::thread::Builder::new()
             .name("tower-apm-security".into())
@@ -131,6 +154,8 @@ impl Monitor {
             base,
             queued_events,
             max_events: cfg.queue,
+            queued_bytes,
+            value_limit,
         }))
     }
 
@@ -140,9 +165,15 @@ impl Monitor {
     }
 
     fn push(&self, item: Item) {
+        let bytes = item.bytes();
+        if !self.queued_bytes.try_reserve(bytes) {
+            self.counters.dropped.fetch_add(1, Relaxed);
+            return;
+        }
         if let Item::Event(_) = item {
             if self.queued_events.fetch_add(1, Relaxed) >= self.max_events {
                 self.queued_events.fetch_sub(1, Relaxed);
+                self.queued_bytes.release(bytes);
                 self.counters.dropped.fetch_add(1, Relaxed);
                 return;
             }
@@ -150,6 +181,7 @@ impl Monitor {
         let event = matches!(item, Item::Event(_));
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(item) {
             self.counters.dropped.fetch_add(1, Relaxed);
+            self.queued_bytes.release(bytes);
             if event {
                 self.queued_events.fetch_sub(1, Relaxed);
             }
@@ -169,9 +201,11 @@ impl Monitor {
         };
         let events = reported.into_iter().flat_map(|e| e.0.iter()).chain(by_layer.as_ref());
         for event in events {
+            let mut kept = event.clone();
+            kept.cut(self.value_limit);
             self.push(Item::Event(Box::new(EventRecord {
                 at: SystemTime::now(),
-                event: event.clone(),
+                event: kept,
                 request: facts(r),
             })));
             // After the event, so a detection follows the failure that made it.
@@ -183,7 +217,9 @@ impl Monitor {
     }
 
     /// An event from outside a request, or with facts the caller gathered.
-    pub(crate) fn report(&self, event: SecurityEvent, request: RequestFacts) {
+    pub(crate) fn report(&self, mut event: SecurityEvent, mut request: RequestFacts) {
+        event.cut(self.value_limit);
+        request.cut(self.value_limit);
         let failed = (event.kind == Kind::LoginFailed).then(|| (event.user.clone(), request.clone()));
         self.push(Item::Event(Box::new(EventRecord {
             at: SystemTime::now(),
@@ -329,6 +365,7 @@ struct Thread {
     /// The start of the current minute and the alerts sent in it.
     minute: (Instant, u32),
     queued_events: Arc<AtomicUsize>,
+    queued_bytes: Arc<ByteBudget>,
 }
 
 impl Thread {
@@ -359,6 +396,7 @@ impl Thread {
     }
 
     fn handle(&mut self, item: Item, flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
+        self.queued_bytes.release(item.bytes());
         match item {
             Item::Event(record) => {
                 self.queued_events.fetch_sub(1, Relaxed);

@@ -34,6 +34,10 @@ const KNOWN_FLAGS: u8 = 0x03;
 pub(crate) const RANDOM_TRACE_ID: u8 = 0x02;
 /// The W3C limit on `tracestate` list members.
 const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// The length past which a `tracestate` is cut (W3C: entries are removed).
+const MAX_TRACESTATE_LEN: usize = 512;
+/// Members this long are removed first when a `tracestate` is cut.
+const LONG_TRACESTATE_MEMBER: usize = 128;
 
 /// What a request carried: the remote parent (if a valid `traceparent` came) and a
 /// context holding the incoming baggage and `tracestate` (empty when none came).
@@ -250,6 +254,28 @@ pub(crate) fn parse_tracestate<'a>(
             }
         }
     }
+    // W3C Trace Context: a list longer than 512 characters is cut by removing
+    // members, those over 128 characters first, then from the end. A client
+    // cannot make every span carry 16 KiB of `tracestate`.
+    let len = |m: &[(&str, &str)]| {
+        m.iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>()
+            .saturating_sub(1)
+    };
+    while len(&members) > MAX_TRACESTATE_LEN {
+        match members
+            .iter()
+            .rposition(|(k, v)| k.len() + 1 + v.len() > LONG_TRACESTATE_MEMBER)
+        {
+            Some(i) => {
+                members.remove(i);
+            }
+            None => {
+                members.pop();
+            }
+        }
+    }
     let mut raw = String::new();
     for (i, (k, v)) in members.iter().enumerate() {
         if i > 0 {
@@ -431,6 +457,31 @@ mod tests {
             ts(&["foo=1, ,bar@baz=2", "qux=3"]).as_deref(),
             Some("foo=1,bar@baz=2,qux=3")
         );
+    }
+
+    #[test]
+    fn tracestate_over_512_characters_loses_long_members_first_then_the_last_ones() {
+        let long = format!("big={}", "v".repeat(200));
+        let state = |v: &str| ts(&[v]).unwrap();
+        // Under the limit: kept whole, long member included.
+        assert_eq!(state(&format!("a=1,{long}")), format!("a=1,{long}"));
+        // Over it: the long members go first, from the right.
+        let many = (0..20)
+            .map(|i| format!("k{i:02}=value{i:02}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let input = format!("{long},{many},{}", long.replace("big", "big2"));
+        let out = state(&input);
+        assert_eq!(out, format!("{long},{many}"));
+        assert!(out.len() <= 512, "{}", out.len());
+        // Then members from the end.
+        let members = (0..32)
+            .map(|i| format!("k{i:02}={}", "x".repeat(20)))
+            .collect::<Vec<_>>();
+        let out = state(&members.join(","));
+        assert!(out.len() <= 512 && out.starts_with("k00="), "{out}");
+        assert_eq!(out, members[..out.split(',').count()].join(","));
+        assert!(out.split(',').count() < 32);
     }
 
     #[test]
