@@ -212,6 +212,11 @@
 //! telemetry health, the shutdown's phase) and the same data as JSON under
 //! `/apm/api/`. See [`status`].
 //!
+//! [`ApmBuilder::status_token`] guards every operator route the crate serves:
+//! the page, its JSON and [`Apm::alerts_router`]; [`ApmBuilder::metrics_token`]
+//! makes [`Apm::metrics_router`] ask for a bearer token of its own (open by
+//! default, as Prometheus scrapes usually are).
+//!
 //! ## Database queries
 //!
 //! [`Apm::database`] describes a database; [`db::Database::statement`] (or
@@ -321,6 +326,7 @@ mod export;
 mod layer;
 mod logs;
 mod metrics;
+mod operator;
 mod record;
 mod redact;
 pub mod security;
