@@ -61,6 +61,7 @@ struct Inner {
     lifecycle: crate::shutdown::LifecycleSlot,
     status_token: Option<crate::operator::Token>,
     metrics_token: Option<crate::operator::Token>,
+    panic_hook: crate::logs::PanicHook,
     trace_url: Option<Arc<str>>,
     security: Option<Arc<Monitor>>,
     #[cfg(feature = "otlp-logs")]
@@ -88,6 +89,7 @@ pub struct ApmBuilder {
     trusted_proxies: Vec<String>,
     status_token: Option<String>,
     metrics_token: Option<String>,
+    panic_hook: crate::logs::PanicHook,
     trace_url: Option<String>,
     recent_traces: Option<(usize, Duration)>,
 }
@@ -152,6 +154,7 @@ impl Apm {
             .try_init()
             .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(self.tracer_provider());
+        self.install_panic_hook();
         Ok(())
     }
 
@@ -269,7 +272,22 @@ impl Apm {
             .try_init()
             .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(self.tracer_provider());
+        self.install_panic_hook();
         Ok(())
+    }
+
+    /// Makes every panic one log line through the global `tracing` subscriber
+    /// (target `tower_apm::panic`, the message escaped, its location, the
+    /// thread, and the trace and span ids of the request it happened in)
+    /// instead of raw text on stderr, as [`ApmBuilder::panic_hook`] says
+    /// (default [`PanicHook::Log`](crate::PanicHook::Log)). [`Apm::init_logging`]
+    /// and [`Apm::init_tracing`] call it; call it yourself, once, after
+    /// installing a subscriber of your own with [`Apm::logging_layer`].
+    ///
+    /// A panic on the main thread (or any panic when panics abort) waits up to
+    /// 0.5 s for the line to be written, since the process may end with it.
+    pub fn install_panic_hook(&self) {
+        crate::logs::panic::install(self.inner.panic_hook, Some(Arc::clone(&self.inner.logs)));
     }
 
     /// The `tracing` layer that turns events into OpenTelemetry log records sent
@@ -849,6 +867,16 @@ impl ApmBuilder {
         self
     }
 
+    /// What [`Apm::init_logging`] and [`Apm::init_tracing`] do with the panic
+    /// hook (default [`PanicHook::Log`](crate::PanicHook::Log): each panic is
+    /// one log line, not raw text on stderr). [`PanicHook::LogAndChain`](crate::PanicHook::LogAndChain)
+    /// also calls a hook of your own installed before; [`PanicHook::Keep`](crate::PanicHook::Keep)
+    /// leaves the hook alone. See [`PanicHook`](crate::PanicHook).
+    pub fn panic_hook(mut self, hook: crate::logs::PanicHook) -> Self {
+        self.panic_hook = hook;
+        self
+    }
+
     /// A token `/metrics` ([`Apm::metrics_router`], [`Apm::serve_metrics`])
     /// asks for, checked as [`ApmBuilder::status_token`] is. Without it (the
     /// default) `/metrics` is open, as Prometheus scrapes usually are. With
@@ -1075,6 +1103,7 @@ impl ApmBuilder {
                 lifecycle: crate::shutdown::LifecycleSlot::default(),
                 status_token: self.status_token.as_deref().map(crate::operator::Token::new),
                 metrics_token: self.metrics_token.as_deref().map(crate::operator::Token::new),
+                panic_hook: self.panic_hook,
                 trace_url: self.trace_url.map(Arc::from),
                 security,
                 #[cfg(feature = "otlp-logs")]

@@ -53,8 +53,11 @@
 //! future with `opentelemetry::context::FutureExt::with_current_context` (or
 //! `tracing::Instrument::in_current_span`).
 //!
-//! A panicking handler becomes a 500 response with an `exception` event on the
-//! span and `error.type = "panic"`; the service keeps serving.
+//! A panicking handler becomes a 500 response (with its `x-request-id`) with an
+//! `exception` event on the span and `error.type = "panic"`; the service keeps
+//! serving. With [`Apm::init_logging`] or [`Apm::init_tracing`], every panic is
+//! one log line through the subscriber (target `tower_apm::panic`, with the
+//! request's trace and span ids), not raw text on stderr: see [`PanicHook`].
 //!
 //! ## Propagation
 //!
@@ -342,7 +345,7 @@ pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};
 pub use layer::{ApmLayer, ApmService, ResponseFuture};
-pub use logs::{JsonLayer, LogOutput, Rotation};
+pub use logs::{JsonLayer, LogOutput, PanicHook, Rotation};
 pub use shutdown::{
     EXIT_CLEANUP_TIMEOUT, EXIT_DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, EXIT_SECOND_SIGNAL, Phase, Shutdown, ShutdownBuilder,
     ShutdownFuture, ShutdownLayer, ShutdownService, Worker,
