@@ -13,6 +13,9 @@
 //! - `/slow`           sleeps ~200 ms
 //! - `/error`          answers 500 (span status Error, `error.type=500`)
 //! - `/panic`          panics: a 500 with an `exception` event; the demo keeps serving
+//! - `/panic/{reason}` panics with the client's words in its message: still one
+//!   JSON log line (target `tower_apm::panic`, escaped, with the request's trace
+//!   id), nothing raw on stderr; the 500 has its `x-request-id`
 //! - `/downstream`     calls `/users/42` on itself through the client layer: one
 //!   trace with two server spans and the client span between them
 //! - `/sleep/{ms}`     answers after `ms` milliseconds
@@ -135,6 +138,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .route("/sleep/{ms}", get(sleep))
         .route("/error", get(error))
         .route("/panic", get(panics))
+        .route("/panic/{reason}", get(panics_with))
         .route("/downstream", get(downstream))
         .route("/jobs/{n}", post(enqueue))
         .route("/login/{user}", post(login))
@@ -222,6 +226,12 @@ async fn panics() -> &'static str {
         panic!("the /panic route panics on purpose");
     }
     "unreachable"
+}
+
+/// A handler that puts what the client sent into its panic message, as
+/// real handlers do (`expect(&format!(...))`, `unwrap` on a parse of it).
+async fn panics_with(Path(reason): Path<String>) -> &'static str {
+    panic!("cannot handle {reason}");
 }
 
 async fn downstream(State(app): State<App>) -> Result<String, (StatusCode, String)> {

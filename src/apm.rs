@@ -59,7 +59,9 @@ struct Inner {
     notify: Option<Dispatcher>,
     started: std::time::Instant,
     lifecycle: crate::shutdown::LifecycleSlot,
-    status_token: Option<Arc<str>>,
+    status_token: Option<crate::operator::Token>,
+    metrics_token: Option<crate::operator::Token>,
+    panic_hook: crate::logs::PanicHook,
     trace_url: Option<Arc<str>>,
     security: Option<Arc<Monitor>>,
     #[cfg(feature = "otlp-logs")]
@@ -87,6 +89,8 @@ pub struct ApmBuilder {
     trusted_proxies: Vec<String>,
     forwarded_header: ForwardedHeader,
     status_token: Option<String>,
+    metrics_token: Option<String>,
+    panic_hook: crate::logs::PanicHook,
     trace_url: Option<String>,
     recent_traces: Option<(usize, Duration)>,
 }
@@ -151,6 +155,7 @@ impl Apm {
             .try_init()
             .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(self.tracer_provider());
+        self.install_panic_hook();
         Ok(())
     }
 
@@ -158,7 +163,9 @@ impl Apm {
     /// router (`app.merge(apm.metrics_router())`) or to serve on its own port with
     /// [`Apm::serve_metrics`]. It answers in the text format 0.0.4, or in
     /// OpenMetrics 1.0 with exemplars (the trace ids of sampled requests) when the
-    /// scraper asks for it, as Prometheus does.
+    /// scraper asks for it, as Prometheus does. Open by default, as Prometheus
+    /// scrapes usually are; [`ApmBuilder::metrics_token`] makes it ask for a
+    /// bearer token.
     ///
     /// ```
     /// # fn main() -> Result<(), tower_apm::ConfigError> {
@@ -172,7 +179,10 @@ impl Apm {
     /// # Ok(()) }
     /// ```
     pub fn metrics_router(&self) -> axum::Router {
-        prometheus::router(prometheus::Endpoint { apm: self.clone() })
+        crate::operator::guard(
+            prometheus::router(prometheus::Endpoint { apm: self.clone() }),
+            self.inner.metrics_token.clone(),
+        )
     }
 
     /// Serves [`Apm::metrics_router`] on its own listener (for example a port
@@ -263,7 +273,22 @@ impl Apm {
             .try_init()
             .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(self.tracer_provider());
+        self.install_panic_hook();
         Ok(())
+    }
+
+    /// Makes every panic one log line through the global `tracing` subscriber
+    /// (target `tower_apm::panic`, the message escaped, its location, the
+    /// thread, and the trace and span ids of the request it happened in)
+    /// instead of raw text on stderr, as [`ApmBuilder::panic_hook`] says
+    /// (default [`PanicHook::Log`](crate::PanicHook::Log)). [`Apm::init_logging`]
+    /// and [`Apm::init_tracing`] call it; call it yourself, once, after
+    /// installing a subscriber of your own with [`Apm::logging_layer`].
+    ///
+    /// A panic on the main thread (or any panic when panics abort) waits up to
+    /// 0.5 s for the line to be written, since the process may end with it.
+    pub fn install_panic_hook(&self) {
+        crate::logs::panic::install(self.inner.panic_hook, Some(Arc::clone(&self.inner.logs)));
     }
 
     /// The `tracing` layer that turns events into OpenTelemetry log records sent
@@ -307,8 +332,9 @@ impl Apm {
     /// `GET /alerts`: every alert rule's state as JSON: name, state
     /// (`inactive`, `pending`, `firing`), the value at the last evaluation, the
     /// threshold, the window and the requests in it, when it became active, fired
-    /// and resolved, labels and annotations. An operator endpoint, like
-    /// [`Apm::metrics_router`].
+    /// and resolved, labels and annotations; with security monitoring, the latest
+    /// detections (user names, client addresses). An operator endpoint: it asks
+    /// for [`ApmBuilder::status_token`] when one is set, as the status page does.
     ///
     /// ```
     /// # fn main() -> Result<(), tower_apm::ConfigError> {
@@ -324,7 +350,7 @@ impl Apm {
     pub fn alerts_router(&self) -> axum::Router {
         let alerts = self.inner.alerts.clone();
         let security = self.inner.security.clone();
-        axum::Router::new().route(
+        let routes = axum::Router::new().route(
             "/alerts",
             axum::routing::get(move || {
                 let mut body = alerts.as_ref().map_or_else(
@@ -340,7 +366,8 @@ impl Apm {
                 }
                 async move { ([(http::header::CONTENT_TYPE, "application/json")], body) }
             }),
-        )
+        );
+        crate::operator::guard(routes, self.inner.status_token.clone())
     }
 
     /// `GET /apm`: a live status page served by the process itself, with
@@ -349,8 +376,12 @@ impl Apm {
     /// CPU and memory, telemetry health, one row per route, the recent slow and
     /// failed requests with the waterfall of their spans, alerts, SLOs and
     /// security detections; the same as JSON under `/apm/api/`. See
-    /// [`status`](crate::status). An operator page, like
-    /// [`Apm::metrics_router`]: see [`ApmBuilder::status_token`].
+    /// [`status`](crate::status). An operator page: it asks for
+    /// [`ApmBuilder::status_token`] when one is set, and its answers are
+    /// `Cache-Control: no-store`, `Referrer-Policy: no-referrer`,
+    /// `X-Content-Type-Options: nosniff`, with a Content-Security-Policy that
+    /// loads nothing, runs only the page's own script (by its hash) and lets no
+    /// other site frame it.
     ///
     /// ```
     /// # fn main() -> Result<(), tower_apm::ConfigError> {
@@ -821,12 +852,52 @@ impl ApmBuilder {
         self
     }
 
-    /// A token the status page ([`Apm::status_router`]) asks for: as
-    /// `Authorization: Bearer <token>`, or `?token=<token>` in a browser. Without
-    /// one the page is open to whoever reaches it: serve it on its own address
-    /// ([`Apm::serve_status`]) where only operators do.
+    /// A token every operator route asks for: the status page and its JSON
+    /// ([`Apm::status_router`], [`Apm::serve_status`]) and the alerts and
+    /// detections of [`Apm::alerts_router`]. Given as `Authorization: Bearer
+    /// <token>` (the scheme in any case), or `?token=<token>` in a browser; the
+    /// page carries it on in its links, and answers with `Referrer-Policy:
+    /// no-referrer` and `Cache-Control: no-store` so that the URL leaves
+    /// neither in a `Referer` nor in a cache. Compared in constant time.
+    ///
+    /// Letters, digits and `-._~+/` (optionally ending in `=`): `openssl rand
+    /// -hex 32` makes one. Without a token these routes are open to whoever
+    /// reaches them: serve them on their own address ([`Apm::serve_status`])
+    /// where only operators do. `/metrics` has its own, optional token:
+    /// [`ApmBuilder::metrics_token`].
     pub fn status_token(mut self, token: impl Into<String>) -> Self {
         self.status_token = Some(token.into());
+        self
+    }
+
+    /// What [`Apm::init_logging`] and [`Apm::init_tracing`] do with the panic
+    /// hook (default [`PanicHook::Log`](crate::PanicHook::Log): each panic is
+    /// one log line, not raw text on stderr). [`PanicHook::LogAndChain`](crate::PanicHook::LogAndChain)
+    /// also calls a hook of your own installed before; [`PanicHook::Keep`](crate::PanicHook::Keep)
+    /// leaves the hook alone. See [`PanicHook`](crate::PanicHook).
+    pub fn panic_hook(mut self, hook: crate::logs::PanicHook) -> Self {
+        self.panic_hook = hook;
+        self
+    }
+
+    /// A token `/metrics` ([`Apm::metrics_router`], [`Apm::serve_metrics`])
+    /// asks for, checked as [`ApmBuilder::status_token`] is. Without it (the
+    /// default) `/metrics` is open, as Prometheus scrapes usually are. With
+    /// it, give the scraper the token; in Prometheus' scrape config:
+    ///
+    /// ```yaml
+    /// scrape_configs:
+    ///   - job_name: checkout
+    ///     authorization:
+    ///       credentials_file: /etc/prometheus/checkout-token   # sent as "Bearer <token>"
+    ///     static_configs:
+    ///       - targets: ["checkout:3000"]
+    /// ```
+    ///
+    /// A token of its own, so that the scraper's credential does not open the
+    /// status page; give both the same value for one token.
+    pub fn metrics_token(mut self, token: impl Into<String>) -> Self {
+        self.metrics_token = Some(token.into());
         self
     }
 
@@ -883,6 +954,20 @@ impl ApmBuilder {
     /// # Errors
     /// A [`ConfigError`] naming the variable or setting and the value to fix.
     pub fn build(self) -> Result<Apm, ConfigError> {
+        for (setting, token) in [
+            ("status_token", &self.status_token),
+            ("metrics_token", &self.metrics_token),
+        ] {
+            if token.as_deref().is_some_and(|t| !crate::operator::valid_token(t)) {
+                // The value is a secret: never in an error message.
+                return Err(ConfigError::setting(
+                    setting,
+                    "[REDACTED]",
+                    "a token of 1 or more letters, digits and -._~+/ (optionally ending in =), as \
+                     `Authorization: Bearer` carries it (RFC 9110 token68); for example from `openssl rand -hex 32`",
+                ));
+            }
+        }
         let config = Config::resolve(&self.settings)?;
         let logs = Arc::new(self.logs.clone().unwrap_or_else(LogOutput::stdout).start()?);
         let service: Arc<str> = config
@@ -1040,7 +1125,9 @@ impl ApmBuilder {
                 notify,
                 started: std::time::Instant::now(),
                 lifecycle: crate::shutdown::LifecycleSlot::default(),
-                status_token: self.status_token.map(Arc::from),
+                status_token: self.status_token.as_deref().map(crate::operator::Token::new),
+                metrics_token: self.metrics_token.as_deref().map(crate::operator::Token::new),
+                panic_hook: self.panic_hook,
                 trace_url: self.trace_url.map(Arc::from),
                 security,
                 #[cfg(feature = "otlp-logs")]

@@ -53,8 +53,11 @@
 //! future with `opentelemetry::context::FutureExt::with_current_context` (or
 //! `tracing::Instrument::in_current_span`).
 //!
-//! A panicking handler becomes a 500 response with an `exception` event on the
-//! span and `error.type = "panic"`; the service keeps serving.
+//! A panicking handler becomes a 500 response (with its `x-request-id`) with an
+//! `exception` event on the span and `error.type = "panic"`; the service keeps
+//! serving. With [`Apm::init_logging`] or [`Apm::init_tracing`], every panic is
+//! one log line through the subscriber (target `tower_apm::panic`, with the
+//! request's trace and span ids), not raw text on stderr: see [`PanicHook`].
 //!
 //! ## Propagation
 //!
@@ -220,6 +223,11 @@
 //! telemetry health, the shutdown's phase) and the same data as JSON under
 //! `/apm/api/`. See [`status`].
 //!
+//! [`ApmBuilder::status_token`] guards every operator route the crate serves:
+//! the page, its JSON and [`Apm::alerts_router`]; [`ApmBuilder::metrics_token`]
+//! makes [`Apm::metrics_router`] ask for a bearer token of its own (open by
+//! default, as Prometheus scrapes usually are).
+//!
 //! ## Database queries
 //!
 //! [`Apm::database`] describes a database; [`db::Database::statement`] (or
@@ -331,6 +339,7 @@ mod layer;
 mod limits;
 mod logs;
 mod metrics;
+mod operator;
 mod record;
 mod redact;
 pub mod security;
@@ -347,7 +356,7 @@ pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};
 pub use layer::client_addr::ForwardedHeader;
 pub use layer::{ApmLayer, ApmService, ResponseFuture};
-pub use logs::{JsonLayer, LogOutput, Rotation};
+pub use logs::{JsonLayer, LogOutput, PanicHook, Rotation};
 pub use shutdown::{
     EXIT_CLEANUP_TIMEOUT, EXIT_DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, EXIT_SECOND_SIGNAL, Phase, Shutdown, ShutdownBody,
     ShutdownBuilder, ShutdownFuture, ShutdownLayer, ShutdownService, Worker,

@@ -91,3 +91,67 @@ fn alerts_without_request_metrics_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("remove .metrics(false)"), "{err}");
 }
+
+/// `GET url` with `authorization`: status, headers, body.
+async fn get_auth(url: &str, authorization: Option<&str>) -> (u16, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut req = http::Request::get(url);
+    if let Some(v) = authorization {
+        req = req.header("authorization", v);
+    }
+    let res = client
+        .request(req.body(http_body_util::Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn with_a_status_token_alerts_and_detections_answer_only_to_it() {
+    let apm = Apm::builder()
+        .environment([
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+        ])
+        .logs(LogOutput::writer(std::io::sink()))
+        .alert(Alert::error_rate().above(0.05))
+        .security(tower_apm::security::Security::new())
+        .status_token("s3cret")
+        .build()
+        .unwrap();
+    let base = support::serve_ok_fail(apm.layer(), apm.alerts_router()).await;
+    let url = format!("{base}/alerts");
+    for auth in [None, Some("Bearer wrong"), Some("Basic czNjcmV0")] {
+        let (status, headers, body) = get_auth(&url, auth).await;
+        assert_eq!(status, 401, "{auth:?}");
+        assert!(!body.contains("HighErrorRate") && !body.contains("security"), "{body}");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+    }
+    for (url, auth) in [
+        (url.clone(), Some("Bearer s3cret")),
+        (url.clone(), Some("bearer  s3cret")),
+        (format!("{url}?token=s3cret"), None),
+    ] {
+        let (status, headers, body) = get_auth(&url, auth).await;
+        assert_eq!(status, 200, "{url} {auth:?}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["alerts"][0]["name"], "HighErrorRate");
+        assert!(json["security"].is_object(), "{json}");
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+    }
+    // The application's own routes are not behind the token.
+    assert_eq!(support::get(format!("{base}/ok")).await.0, 200);
+    apm.shutdown().await.unwrap();
+}

@@ -4,7 +4,9 @@
 //! after scripts ran) shows the route rows with their counts, the failed request
 //! under recent failed requests, and the error-rate alert firing; the failed
 //! request's link opens a waterfall with the server span and its child span.
-//! Chromium's network log shows the page asked nothing of any other host. A
+//! Chromium's network log shows the page asked nothing of any other host, and
+//! its console no Content-Security-Policy violation (the page's script runs,
+//! allowed by its hash). A
 //! screenshot is saved as `target/status-page.png` for people to look at.
 
 #![cfg(feature = "interop")]
@@ -27,7 +29,9 @@ fn chromium() -> String {
 }
 
 /// Runs headless Chromium on `url` with `args` (a fresh profile each time, no
-/// network beyond loopback); its standard output.
+/// network beyond loopback, the page's console on standard error); its
+/// standard output, after checking that no Content-Security-Policy violation
+/// was reported.
 async fn chromium_run(profile: &Path, url: &str, args: &[String]) -> String {
     let mut cmd = tokio::process::Command::new(chromium());
     cmd.args([
@@ -40,6 +44,9 @@ async fn chromium_run(profile: &Path, url: &str, args: &[String]) -> String {
         "--disable-sync",
         "--disable-extensions",
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        // Console messages, CSP violations among them, on standard error.
+        "--enable-logging=stderr",
+        "--v=0",
     ])
     .arg(format!("--user-data-dir={}", profile.display()))
     .args(args)
@@ -54,6 +61,15 @@ async fn chromium_run(profile: &Path, url: &str, args: &[String]) -> String {
         "chromium: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A script or style the page's policy blocks is reported as "... violates
+    // the following Content Security Policy directive ...": the reload script
+    // must run, allowed by its hash.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let violations: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Content Security Policy"))
+        .collect();
+    assert!(violations.is_empty(), "{url}: {violations:#?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

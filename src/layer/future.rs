@@ -74,17 +74,28 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
-fn internal_error(state: Option<InFlight>) -> Response<Body> {
-    let body = match state {
-        Some(mut s) => {
-            s.record.error_type = Some("panic");
-            s.set_status(500);
-            Body::new(ResponseBody::<Body>::empty(Some(s)))
+/// Sets the request's `x-request-id` on its response (when the access log
+/// gave it one).
+#[inline]
+fn set_request_id(headers: &mut http::HeaderMap, id: &[u8]) {
+    if !id.is_empty() {
+        if let Ok(v) = http::HeaderValue::from_bytes(id) {
+            headers.insert(X_REQUEST_ID, v);
         }
-        None => Body::empty(),
-    };
-    let mut res = Response::new(body);
+    }
+}
+
+/// The 500 of a panicking handler: recorded, and with its `x-request-id`
+/// like any other response.
+fn internal_error(state: Option<InFlight>) -> Response<Body> {
+    let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    if let Some(mut s) = state {
+        set_request_id(res.headers_mut(), s.record.request_id.as_bytes());
+        s.record.error_type = Some("panic");
+        s.set_status(500);
+        *res.body_mut() = Body::new(ResponseBody::<Body>::empty(Some(s)));
+    }
     res
 }
 
@@ -134,12 +145,7 @@ where
                                 .remove::<crate::security::ReportedEvents>()
                                 .map(Box::new);
                         }
-                        let id = s.record.request_id.as_bytes();
-                        if !id.is_empty() {
-                            if let Ok(v) = http::HeaderValue::from_bytes(id) {
-                                res.headers_mut().insert(X_REQUEST_ID, v);
-                            }
-                        }
+                        set_request_id(res.headers_mut(), s.record.request_id.as_bytes());
                         res.map(|body| Body::new(ResponseBody::new(body, Some(s))))
                     }
                 };

@@ -12,6 +12,7 @@
 pub(crate) mod json;
 #[cfg(feature = "otlp-logs")]
 pub(crate) mod otlp;
+pub(crate) mod panic;
 pub(crate) mod rotate;
 pub(crate) mod writer;
 
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 pub use json::JsonLayer;
+pub use panic::PanicHook;
 pub use rotate::Rotation;
 
 use crate::config::ConfigError;

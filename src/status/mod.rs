@@ -14,9 +14,18 @@
 //! buffer the export thread keeps, the alert engine and the security monitor.
 //!
 //! An operator page: serve it on its own address ([`Apm::serve_status`](crate::Apm::serve_status))
-//! or protect it with [`ApmBuilder::status_token`](crate::ApmBuilder::status_token).
+//! or protect it with [`ApmBuilder::status_token`](crate::ApmBuilder::status_token)
+//! (the same token guards [`Apm::alerts_router`](crate::Apm::alerts_router)).
 //! It shows route templates, span names and sanitized statements, never a raw
 //! path, query or header value.
+//!
+//! Every answer is `Cache-Control: no-store`, `Referrer-Policy: no-referrer`
+//! (the page's links carry `?token=`: it never leaves in a `Referer`) and
+//! `X-Content-Type-Options: nosniff`. The HTML's Content-Security-Policy is
+//! `default-src 'none'` (nothing loads from anywhere), `frame-ancestors 'none'`
+//! (no site frames it), `base-uri 'none'; form-action 'none'`, inline styles,
+//! and one script allowed by its SHA-256 hash: the few lines that reload the
+//! page, with no `'unsafe-inline'` for scripts.
 
 pub(crate) mod history;
 mod page;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use opentelemetry::trace::{SpanKind, TraceId};
@@ -20,100 +20,100 @@ use crate::Apm;
 use crate::alerts::window::Totals;
 use crate::logs::json;
 use crate::metrics::Metrics;
+use crate::operator;
 
 /// What the handlers read.
 #[derive(Clone)]
 pub(crate) struct StatusState {
     pub(crate) apm: Apm,
     pub(crate) history: Option<Arc<Mutex<History>>>,
-    pub(crate) token: Option<Arc<str>>,
     pub(crate) trace_url: Option<Arc<str>>,
 }
 
-/// The `/apm` routes.
-pub(crate) fn router(apm: &Apm, token: Option<Arc<str>>, trace_url: Option<Arc<str>>) -> Router {
+/// The `/apm` routes, behind the operator guard (the token when one is set,
+/// and the headers every operator answer carries).
+pub(crate) fn router(apm: &Apm, token: Option<operator::Token>, trace_url: Option<Arc<str>>) -> Router {
     let history = apm.metrics_handle().map(|m| history::start(&m));
     let state = StatusState {
         apm: apm.clone(),
         history,
-        token,
         trace_url,
     };
-    Router::new()
+    let routes = Router::new()
         .route("/apm", get(page))
         .route("/apm/traces/{trace_id}", get(trace_page))
         .route("/apm/api/overview", get(overview_json))
         .route("/apm/api/routes", get(routes_json))
         .route("/apm/api/traces", get(traces_json))
-        .route("/apm/api/traces/{trace_id}", get(trace_json))
-        // One check of the token, in front of every route.
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
-}
-
-async fn guard(
-    State(state): State<StatusState>,
-    params: Params,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match refused(&state, req.headers(), &params) {
-        Some(denied) => denied,
-        None => next.run(req).await,
-    }
+        .route("/apm/api/traces/{trace_id}", get(trace_json));
+    operator::guard(routes, token).with_state(state)
 }
 
 type Params = RawQuery;
 
-/// The `token` of a query string.
+/// The `token` of a query string, carried on in the page's links.
 fn token_param(params: &Params) -> Option<&str> {
-    params
-        .0
-        .as_deref()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-}
-
-/// The answer to a request without the token (from `Authorization: Bearer` or
-/// `?token=`), when one is set.
-fn refused(state: &StatusState, headers: &HeaderMap, params: &Params) -> Option<Response> {
-    let token = state.token.as_ref()?;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let given = bearer.or(token_param(params));
-    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-        None
-    } else {
-        Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "the status page needs its token: Authorization: Bearer <token>, or ?token=<token>\n",
-            )
-                .into_response(),
-        )
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    operator::query_token(params.0.as_deref())
 }
 
 fn json_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The page's only script: it reloads the page every 10 s.
+const RELOAD_SCRIPT: &str = "setTimeout(function(){location.reload()},10000)";
+
+/// `'sha256-<base64>'` of `script`: a CSP source that allows exactly that
+/// inline script (CSP Level 2, "hash-source").
+fn script_hash_source(script: &str) -> String {
+    use sha2::Digest as _;
+    format!("'sha256-{}'", base64(&sha2::Sha256::digest(script.as_bytes())))
+}
+
+/// Standard base64 with padding (RFC 4648, 4).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The pages' Content-Security-Policy, made once: nothing loads from
+/// anywhere, the only script that runs is [`RELOAD_SCRIPT`] (by its hash, no
+/// `'unsafe-inline'`), no other site may frame the page, no form posts and no
+/// `<base>` may redirect its links.
+fn content_security_policy() -> HeaderValue {
+    static CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        let policy = format!(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src {}; img-src data:; connect-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            script_hash_source(RELOAD_SCRIPT)
+        );
+        HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
+    });
+    CSP.clone()
+}
+
 fn html_response(body: String) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            // Nothing but this page's own inline parts may load.
             (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; connect-src 'self'",
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
             ),
+            (header::CONTENT_SECURITY_POLICY, content_security_policy()),
+            // For browsers without CSP's `frame-ancestors`.
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         ],
         body,
     )
@@ -690,8 +690,10 @@ pub(crate) fn render_page(state: &StatusState, token: Option<&str>) -> String {
 
     out.push_str(
         "<p class=\"muted\">Refreshes every 10 s. JSON: /apm/api/overview, /apm/api/routes, /apm/api/traces.</p>\
-         <script>setTimeout(function(){location.reload()},10000)</script></body></html>",
+         <script>",
     );
+    out.push_str(RELOAD_SCRIPT);
+    out.push_str("</script></body></html>");
     out
 }
 
@@ -758,7 +760,8 @@ fn alerts_html(out: &mut String, apm: &Apm) {
 fn trace_id_cell(out: &mut String, state: &StatusState, id: &str) {
     match &state.trace_url {
         Some(template) => {
-            out.push_str("<a href=\"");
+            // Another site: it learns nothing of this page's address.
+            out.push_str("<a rel=\"noreferrer\" href=\"");
             esc(out, &template.replace("{trace_id}", id));
             out.push_str("\">");
             esc(out, id);
@@ -824,14 +827,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn html_text_is_escaped_and_tokens_compare_in_full() {
+    fn html_text_is_escaped_and_the_token_is_read_from_the_query() {
         let mut out = String::new();
         esc(&mut out, "<script>alert('x')</script>&");
         assert_eq!(out, "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;");
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
         let q = RawQuery(Some("a=1&token=s3cret".into()));
         assert_eq!(token_param(&q), Some("s3cret"));
+    }
+
+    #[test]
+    fn base64_is_rfc_4648() {
+        // RFC 4648, 10.
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(raw.as_bytes()), enc);
+        }
+        // The hash of an empty script, as browsers' consoles print it.
+        assert_eq!(
+            script_hash_source(""),
+            "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
+        );
     }
 }
