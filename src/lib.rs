@@ -248,7 +248,9 @@
 //! audit log ([`security::AuditLog`], checked by [`security::verify_audit_log`],
 //! against a head kept elsewhere by [`security::verify_audit_log_with_head`], and
 //! by `examples/audit-verify.rs`). [`ApmBuilder::trusted_proxies`] says whose
-//! `Forwarded`/`X-Forwarded-For` headers name the client. See [`security`].
+//! forwarding header names the client, and [`ApmBuilder::forwarded_header`]
+//! which header that is (`X-Forwarded-For` by default); any other forwarding
+//! header is a claim, recorded and never believed. See [`security`].
 //!
 //! ```
 //! # fn main() -> Result<(), tower_apm::ConfigError> {
@@ -290,6 +292,7 @@
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` |
 //! | `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` | `5000`, `30000` ms |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | `2048`, `512` |
+//! | `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` | `4096` bytes: client-controlled values and `tracing` span attributes are cut to it, ending in `…` |
 //! | `OTEL_PROPAGATORS` | `tracecontext,baggage` |
 //! | `OTEL_METRICS_EXPORTER` | `otlp` (a list of `otlp`, `prometheus`, `none`) |
 //! | `OTEL_EXPORTER_OTLP_METRICS_{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}` | as the generic `OTEL_EXPORTER_OTLP_*` (HTTP path `/v1/metrics`) |

@@ -12,7 +12,14 @@
 //!    responses sent from then on carry `Connection: close` (added by the `Apm`
 //!    layer, or [`Shutdown::layer`] without one).
 //! 4. `drain`: in-flight requests finish, up to [`ShutdownBuilder::drain_timeout`];
-//!    [`Shutdown::in_flight`] says how many are left.
+//!    [`Shutdown::in_flight`] says how many are left. The drain waits for
+//!    requests whose handler has started, not for connections: when none is in
+//!    flight and the server has still not returned a moment later, the
+//!    connections it holds carry no request (an idle keep-alive, a head still
+//!    arriving, nothing sent) and the shutdown goes on without them, exiting
+//!    with the code [`Shutdown::finish`] would return. This needs requests to
+//!    be counted: give the `Apm` (with its request metrics) to
+//!    [`ShutdownBuilder::telemetry`], or add [`Shutdown::layer`].
 //! 5. `cleanup`: registered workers ([`Shutdown::worker`]) are told to stop taking
 //!    jobs and finish the one they hold; then the hooks of
 //!    [`Shutdown::on_shutdown`] run in reverse order of registration, each within

@@ -313,9 +313,10 @@ async fn a_full_log_queue_drops_and_counts_while_requests_go_on() {
         res.into_body().collect().await.unwrap();
     }
     let dropped = apm.stats().log_lines_dropped_queue_full;
-    // The writer holds what it took before it stalled (at most a queue's worth),
-    // 10 more wait in the queue, and the rest were dropped.
-    assert!((80..=89).contains(&dropped), "{dropped}");
+    // The writer holds what it took before it stalled (at most a queue's worth,
+    // none when it had not been scheduled yet), 10 more wait in the queue, and
+    // the rest were dropped.
+    assert!((80..=90).contains(&dropped), "{dropped}");
     let page = apm
         .metrics_router()
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
@@ -350,6 +351,48 @@ async fn a_full_log_queue_drops_and_counts_while_requests_go_on() {
         .find(|l| l["level"] == "WARN" && l["target"] == "tower_apm")
         .expect("a warning about the dropped lines");
     assert_eq!(warning["dropped_total"], dropped);
+}
+
+#[tokio::test]
+async fn the_log_queue_is_bounded_in_bytes_as_well_as_lines() {
+    let released = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let apm = Apm::builder()
+        .environment([("OTEL_TRACES_EXPORTER", "none"), ("OTEL_METRICS_EXPORTER", "none")])
+        .logs(
+            LogOutput::writer(Stalled {
+                released: Arc::clone(&released),
+                out: Arc::clone(&out),
+            })
+            .queue_capacity(10_000)
+            .queue_bytes(16 * 1024),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(apm.layer());
+    // Each access line carries a 2,000-byte user agent: room for 10,000 lines,
+    // but not for 16 KiB of them.
+    let agent = "a".repeat(2_000);
+    for _ in 0..100 {
+        let req = Request::get("/")
+            .header("user-agent", &agent)
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let dropped = apm.stats().log_lines_dropped_queue_full;
+    // At most 8 lines wait in 16 KiB, and the writer holds at most as many.
+    assert!(dropped >= 100 - 16, "{dropped}");
+    {
+        let (lock, cvar) = &*released;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+    assert!(apm.flush_logs(Duration::from_secs(5)).await);
+    let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+    let access = text.lines().filter(|l| l.contains("\"tower_apm::access\"")).count() as u64;
+    assert_eq!(access + dropped, 100);
 }
 
 #[test]

@@ -87,7 +87,10 @@ async fn a_flood_of_100_kib_headers_with_a_stalled_log_reader_and_a_silent_colle
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let base = loop {
         let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "the demo exited before listening");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the demo exited before listening"
+        );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         if v["message"] == "listening" {
             break v["url"].as_str().unwrap().to_owned();
@@ -104,7 +107,10 @@ async fn a_flood_of_100_kib_headers_with_a_stalled_log_reader_and_a_silent_colle
     // A warm-up, so allocator pools, thread stacks and connection buffers
     // are counted in the starting figure.
     for i in 0..200 {
-        assert_eq!(send(&client, &base, &headers, i).await, if i % 10 == 0 { 401 } else { 200 });
+        assert_eq!(
+            send(&client, &base, &headers, i).await,
+            if i % 10 == 0 { 401 } else { 200 }
+        );
     }
     let start = rss_kib(pid);
 

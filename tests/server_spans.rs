@@ -360,3 +360,36 @@ async fn behind_a_trusted_proxy_client_address_is_the_forwarded_client_and_the_p
     assert_eq!(direct.int_attr("client.port"), Some(41000));
     apm.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn client_controlled_values_are_cut_to_the_attribute_value_length_limit_and_marked() {
+    let receiver = Receiver::start().await;
+    let apm = apm_to(
+        &receiver,
+        Transport::Grpc,
+        &[("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "64")],
+    );
+    let app = app(&apm);
+    let agent = format!("Mozilla/5.0 {}", "é".repeat(50_000));
+    let path = format!("/users/{}", "7".repeat(10_000));
+    let req = Request::get(&path)
+        .header("host", format!("{}.example", "h".repeat(1_000)))
+        .header("user-agent", &agent)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, req).await.0, StatusCode::OK);
+    apm.force_flush().await.unwrap();
+    let spans = receiver.wait_for(1).await;
+    let s = &spans[0];
+    let ua = s.str_attr("user_agent.original").unwrap();
+    assert!(
+        ua.len() <= 64 && ua.ends_with('…') && ua.starts_with("Mozilla/5.0 é"),
+        "{ua}"
+    );
+    let p = s.str_attr("url.path").unwrap();
+    assert!(p.len() <= 64 && p.ends_with('…') && p.starts_with("/users/777"), "{p}");
+    let host = s.str_attr("server.address").unwrap();
+    assert!(host.len() <= 64 && host.starts_with("hhh"), "{host}");
+    // The route template is the application's, never cut.
+    assert_eq!(s.str_attr("http.route").as_deref(), Some("/users/{id}"));
+}
