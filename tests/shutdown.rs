@@ -268,7 +268,7 @@ async fn a_request_past_the_drain_deadline_exits_with_the_drain_code_on_time() {
 async fn a_half_sent_request_head_cannot_hold_the_shutdown() {
     let receiver = Receiver::start().await;
     let endpoint = receiver.grpc_endpoint();
-    let mut demo = Demo::start(&[
+    let demo = Demo::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("DEMO_DRAIN_MS", "30000"),
     ])
