@@ -18,7 +18,9 @@
 # sampled_traceparent is the median of REPS runs (see below).
 # env:   N1 (5000), N2 (25000), OUT (target/instr), REPS (3: runs of the exporting configs),
 #        BENCH_HOST (unset): when set, every request also carries `host: $BENCH_HOST`
-#        (e.g. BENCH_HOST=localhost:3000 OUT=target/instr-host scripts/instr.sh)
+#        (e.g. BENCH_HOST=localhost:3000 OUT=target/instr-host scripts/instr.sh),
+#        BENCH_BROWSER (unset): when set, every request also carries a browser's
+#        User-Agent, Accept and Accept-Encoding
 # out:   $OUT/<config>.<N>[.r<k>].callgrind, $OUT/<config>.<N>[.r<k>].log,
 #        $OUT/<config>.<N2>.annotate.txt (callgrind_annotate --inclusive=no),
 #        $OUT/summary.txt (the table printed at the end)

@@ -88,8 +88,8 @@ pub struct ApmBuilder {
     security: Option<Security>,
     trusted_proxies: Vec<String>,
     forwarded_header: ForwardedHeader,
-    status_token: Option<String>,
-    metrics_token: Option<String>,
+    status_token: Option<crate::operator::Secret>,
+    metrics_token: Option<crate::operator::Secret>,
     panic_hook: crate::logs::PanicHook,
     trace_url: Option<String>,
     recent_traces: Option<(usize, Duration)>,
@@ -866,7 +866,7 @@ impl ApmBuilder {
     /// where only operators do. `/metrics` has its own, optional token:
     /// [`ApmBuilder::metrics_token`].
     pub fn status_token(mut self, token: impl Into<String>) -> Self {
-        self.status_token = Some(token.into());
+        self.status_token = Some(crate::operator::Secret(token.into()));
         self
     }
 
@@ -897,7 +897,7 @@ impl ApmBuilder {
     /// A token of its own, so that the scraper's credential does not open the
     /// status page; give both the same value for one token.
     pub fn metrics_token(mut self, token: impl Into<String>) -> Self {
-        self.metrics_token = Some(token.into());
+        self.metrics_token = Some(crate::operator::Secret(token.into()));
         self
     }
 
@@ -958,7 +958,7 @@ impl ApmBuilder {
             ("status_token", &self.status_token),
             ("metrics_token", &self.metrics_token),
         ] {
-            if token.as_deref().is_some_and(|t| !crate::operator::valid_token(t)) {
+            if token.as_ref().is_some_and(|t| !crate::operator::valid_token(&t.0)) {
                 // The value is a secret: never in an error message.
                 return Err(ConfigError::setting(
                     setting,
@@ -1125,8 +1125,8 @@ impl ApmBuilder {
                 notify,
                 started: std::time::Instant::now(),
                 lifecycle: crate::shutdown::LifecycleSlot::default(),
-                status_token: self.status_token.as_deref().map(crate::operator::Token::new),
-                metrics_token: self.metrics_token.as_deref().map(crate::operator::Token::new),
+                status_token: self.status_token.as_ref().map(|t| crate::operator::Token::new(&t.0)),
+                metrics_token: self.metrics_token.as_ref().map(|t| crate::operator::Token::new(&t.0)),
                 panic_hook: self.panic_hook,
                 trace_url: self.trace_url.map(Arc::from),
                 security,

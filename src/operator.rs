@@ -24,6 +24,16 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
+/// A token as the builder holds it until `build`: never shown by `Debug`.
+#[derive(Clone, Default)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 /// An operator token, kept as its SHA-256 digest.
 #[derive(Clone)]
 pub(crate) struct Token {

@@ -90,7 +90,8 @@ fn normalize<'b>(name: &[u8], buf: &'b mut [u8; NAME_BUF], spill: &'b mut Vec<u8
     if spill.is_empty() { &buf[..len] } else { spill }
 }
 
-fn hex_val(b: u8) -> Option<u8> {
+/// The value of one hexadecimal digit (either case).
+pub(crate) fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

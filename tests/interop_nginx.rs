@@ -124,14 +124,7 @@ async fn serve(apm: &Apm) -> SocketAddr {
             }),
         )
         .layer(apm.layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap()
-    });
-    addr
+    support::serve_with_peer(app).await
 }
 
 /// One request from 127.0.0.2, with `headers`; the status.

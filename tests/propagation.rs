@@ -131,14 +131,7 @@ async fn unsampled_parent_is_not_exported() {
 
 /// Serves `app` on a loopback port with connect info, returning its address.
 async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap()
-    });
-    addr
+    support::serve_with_peer(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

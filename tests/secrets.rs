@@ -126,7 +126,9 @@ fn the_builders_debug_output_shows_no_header_value_and_no_userinfo() {
         ])
         .endpoint("http://user:hunter2@collector:4317")
         .header("x-api-key", "hunter2")
-        .notify(tower_apm::Notifier::webhook("https://user:hunter2@hooks.example/ops"));
+        .notify(tower_apm::Notifier::webhook("https://user:hunter2@hooks.example/ops"))
+        .status_token("hunter2")
+        .metrics_token("hunter2");
     let debug = format!("{builder:?}");
     assert!(!debug.contains("hunter2"), "{debug}");
     assert!(

@@ -262,9 +262,16 @@ pub struct Setup {
     pub apm: Option<Apm>,
     host: Option<HeaderValue>,
     traceparent: Option<HeaderValue>,
+    /// `BENCH_BROWSER` set: every request carries a browser's `User-Agent`,
+    /// `Accept` and `Accept-Encoding`.
+    browser: bool,
     access_log: Option<std::path::PathBuf>,
     peer: Option<std::net::SocketAddr>,
 }
+
+/// A current desktop Chrome's `User-Agent`.
+const BROWSER_UA: &str =
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
 impl Setup {
     pub fn new(config: Config) -> Setup {
@@ -340,6 +347,7 @@ impl Setup {
                 .ok()
                 .map(|h| HeaderValue::try_from(h).expect("BENCH_HOST is a valid header value")),
             traceparent: config.traceparent().map(HeaderValue::from_static),
+            browser: std::env::var_os("BENCH_BROWSER").is_some(),
             access_log,
             peer: config
                 .peer()
@@ -361,6 +369,17 @@ impl Setup {
         let mut req = Request::get("/users/42").body(Body::empty()).expect("a valid request");
         if let Some(host) = &self.host {
             req.headers_mut().insert(http::header::HOST, host.clone());
+        }
+        if self.browser {
+            // What a browser sends on every request (a curl-like client sends
+            // the same three with a shorter user agent).
+            let h = req.headers_mut();
+            h.insert(http::header::USER_AGENT, HeaderValue::from_static(BROWSER_UA));
+            h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+            h.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, deflate, br"),
+            );
         }
         if let Some(tp) = &self.traceparent {
             req.headers_mut().insert("traceparent", tp.clone());

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::ConfigError;
+use crate::redact::hex_val;
 
 /// The source of `OTEL_*` variables: the process environment, or a map given to
 /// [`ApmBuilder::environment`](crate::ApmBuilder::environment) (tests, embedded use).
@@ -184,15 +185,6 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -422,6 +422,23 @@ pub async fn serve_ok_fail(layer: tower_apm::ApmLayer, extra: axum::Router) -> S
     base
 }
 
+/// Serves `app` on a loopback port with the peer's address (axum's
+/// `ConnectInfo`, as `into_make_service_with_connect_info` gives it); returns
+/// the address.
+pub async fn serve_with_peer(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    addr
+}
+
 /// `n` GETs of `{base}{path}`, one after another.
 pub async fn hit(base: &str, path: &str, n: usize) {
     for _ in 0..n {
