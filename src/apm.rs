@@ -1014,7 +1014,12 @@ impl ApmBuilder {
         #[cfg(feature = "otlp-logs")]
         let otlp_logs = match crate::config::otlp_logs(&self.settings)? {
             Some(cfg) if !config.disabled => {
-                let processor = crate::logs::otlp::QueueLogProcessor::start(cfg, config.resource.clone(), 8192)?;
+                let processor = crate::logs::otlp::QueueLogProcessor::start(
+                    cfg,
+                    config.resource.clone(),
+                    8192,
+                    config.value_limit,
+                )?;
                 let counters = Arc::clone(&processor.counters);
                 let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
                     .with_resource(config.resource.clone())

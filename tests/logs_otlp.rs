@@ -72,3 +72,39 @@ async fn events_reach_the_collector_as_log_records_of_their_trace() {
     assert_eq!(apm.stats().log_records_exported, 2);
     assert_eq!(apm.stats().log_records_dropped, 0);
 }
+
+#[tokio::test]
+async fn a_long_message_is_cut_to_the_attribute_value_length_limit() {
+    let receiver = Receiver::start().await;
+    let apm = apm_to(
+        &receiver,
+        Transport::Grpc,
+        &[
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "64"),
+        ],
+    );
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(
+            apm.otlp_logs_layer()
+                .expect("otlp is the default logs exporter")
+                .with_filter(tracing_subscriber::EnvFilter::new("logs_otlp=info")),
+        ),
+    );
+    let path = format!("/search/{}", "x".repeat(100_000));
+    tracing::info!("not found: {path}");
+    apm.shutdown().await.expect("logs exported");
+    let bodies: Vec<String> = receiver
+        .log_exports()
+        .into_iter()
+        .flat_map(|r| r.resource_logs)
+        .flat_map(|r| r.scope_logs)
+        .flat_map(|s| s.log_records)
+        .filter_map(|r| match r.body.and_then(|b| b.value) {
+            Some(Value::StringValue(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(bodies[0].len() <= 64 && bodies[0].starts_with("not found: /search/xxx") && bodies[0].ends_with('…'));
+}

@@ -19,13 +19,35 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
 
+use opentelemetry::logs::{AnyValue, LogRecord as _};
+
 use crate::config::{ConfigError, OtlpConfig, Protocol};
+use crate::limits::ByteBudget;
 use crate::redact::scrub_userinfo;
 
 /// Records sent per export.
 const BATCH: usize = 512;
 /// How long a record may wait for a full batch.
 const DELAY: Duration = Duration::from_secs(1);
+
+/// About how many bytes a record holds (its body and attributes), for the
+/// queue's byte budget.
+fn record_bytes(r: &SdkLogRecord) -> usize {
+    fn value(v: &AnyValue) -> usize {
+        match v {
+            AnyValue::String(s) => s.as_str().len(),
+            AnyValue::Bytes(b) => b.len(),
+            AnyValue::ListAny(l) => l.iter().map(value).sum(),
+            AnyValue::Map(m) => m.iter().map(|(k, v)| k.as_str().len() + value(v)).sum(),
+            _ => 8,
+        }
+    }
+    std::mem::size_of::<(SdkLogRecord, InstrumentationScope)>()
+        + r.body().map_or(0, value)
+        + r.attributes_iter()
+            .map(|(k, v)| k.as_str().len() + value(v))
+            .sum::<usize>()
+}
 
 enum Cmd {
     Record(Box<(SdkLogRecord, InstrumentationScope)>),
@@ -45,16 +67,27 @@ pub(crate) struct LogExportCounters {
 #[derive(Debug)]
 pub(crate) struct QueueLogProcessor {
     tx: SyncSender<Cmd>,
+    /// The bytes of the queued records.
+    queued: Arc<ByteBudget>,
+    /// The longest string body kept.
+    value_limit: usize,
     timeout: Duration,
     pub(crate) counters: Arc<LogExportCounters>,
 }
 
 impl QueueLogProcessor {
     /// Starts the export thread; fails when the exporter cannot be built.
-    pub(crate) fn start(cfg: OtlpConfig, resource: Resource, capacity: usize) -> Result<Self, ConfigError> {
+    pub(crate) fn start(
+        cfg: OtlpConfig,
+        resource: Resource,
+        capacity: usize,
+        value_limit: usize,
+    ) -> Result<Self, ConfigError> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         let counters = Arc::new(LogExportCounters::default());
         let c = Arc::clone(&counters);
+        let queued = Arc::new(ByteBudget::new(crate::limits::LOG_QUEUE_BYTES));
+        let q = Arc::clone(&queued);
         let timeout = cfg.timeout;
         crate::export::spawn_export_thread(
             "tower-apm-otlp-logs",
@@ -65,9 +98,15 @@ impl QueueLogProcessor {
                     Ok(exporter)
                 })
             },
-            move |rt, exporter| run(rt, &exporter, &rx, &c, timeout),
+            move |rt, exporter| run(rt, &exporter, &rx, &q, &c, timeout),
         )?;
-        Ok(QueueLogProcessor { tx, timeout, counters })
+        Ok(QueueLogProcessor {
+            tx,
+            queued,
+            value_limit,
+            timeout,
+            counters,
+        })
     }
 
     fn ask(&self, make: fn(mpsc::Sender<OTelSdkResult>) -> Cmd, timeout: Duration) -> OTelSdkResult {
@@ -94,8 +133,21 @@ impl QueueLogProcessor {
 
 impl LogProcessor for QueueLogProcessor {
     fn emit(&self, data: &mut SdkLogRecord, instrumentation: &InstrumentationScope) {
+        // A message may carry what a client sent: cut to the value limit.
+        if let Some(AnyValue::String(body)) = data.body() {
+            if body.as_str().len() > self.value_limit {
+                let cut = crate::limits::cut_string(body.as_str(), self.value_limit).into_owned();
+                data.set_body(AnyValue::from(cut));
+            }
+        }
+        let bytes = record_bytes(data);
+        if !self.queued.try_reserve(bytes) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let item = Box::new((data.clone(), instrumentation.clone()));
         if self.tx.try_send(Cmd::Record(item)).is_err() {
+            self.queued.release(bytes);
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -135,6 +187,7 @@ fn run(
     rt: &tokio::runtime::Runtime,
     exporter: &opentelemetry_otlp::LogExporter,
     rx: &Receiver<Cmd>,
+    queued: &ByteBudget,
     counters: &LogExportCounters,
     timeout: Duration,
 ) {
@@ -144,6 +197,7 @@ fn run(
         let wait = oldest.map_or(DELAY, |t| DELAY.saturating_sub(t.elapsed()));
         let (reply, stop) = match rx.recv_timeout(wait) {
             Ok(Cmd::Record(r)) => {
+                queued.release(record_bytes(&r.0));
                 batch.push(*r);
                 oldest.get_or_insert_with(Instant::now);
                 if batch.len() < BATCH {
