@@ -88,6 +88,8 @@ pub struct ApmBuilder {
     security: Option<Security>,
     trusted_proxies: Vec<String>,
     forwarded_header: ForwardedHeader,
+    excluded: crate::layer::Excluded,
+    record_operator_routes: bool,
     status_token: Option<crate::operator::Secret>,
     metrics_token: Option<crate::operator::Secret>,
     panic_hook: crate::logs::PanicHook,
@@ -937,6 +939,48 @@ impl ApmBuilder {
         self
     }
 
+    /// Route templates (as registered: `/livez`, `/internal/{job}`) whose
+    /// requests are left out of the numbers: no span, no access-log line, no
+    /// metrics, so nothing for alerts, SLOs or the status page. Handlers still
+    /// run with a trace context. The crate's own operator routes are left out
+    /// already ([`ApmBuilder::record_operator_routes`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tower_apm::ConfigError> {
+    /// let apm = tower_apm::Apm::builder()
+    ///     .exclude_routes(["/healthz", "/internal/warmup"])
+    ///     .exclude_when(|method, route| method == http::Method::OPTIONS || route.starts_with("/debug/"))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn exclude_routes<S: AsRef<str>>(mut self, templates: impl IntoIterator<Item = S>) -> Self {
+        self.excluded
+            .templates
+            .extend(templates.into_iter().map(|t| t.as_ref().into()));
+        self
+    }
+
+    /// Leaves out of the numbers the requests for which `f(method, route
+    /// template)` is true (only requests that matched a route are asked), as
+    /// [`ApmBuilder::exclude_routes`] does by template.
+    pub fn exclude_when(mut self, f: impl Fn(&http::Method, &str) -> bool + Send + Sync + 'static) -> Self {
+        self.excluded.when = Some(Arc::new(f));
+        self
+    }
+
+    /// Whether the crate's own operator routes are recorded like the
+    /// application's (default false): the status page and its JSON
+    /// ([`Apm::status_router`]), `/alerts`, `/metrics`, and
+    /// [`Shutdown::health_router`](crate::Shutdown::health_router)'s `/livez`
+    /// and `/readyz`. Left out, a probe every second, a scrape every 15 s and
+    /// the status page's refreshes make no spans, access-log lines, route
+    /// rows or error ratios. The security monitor still sees them: guessing
+    /// an operator token is an attack like any other.
+    pub fn record_operator_routes(mut self, record: bool) -> Self {
+        self.record_operator_routes = record;
+        self
+    }
+
     /// The one header your trusted proxies write the client's address into
     /// (default [`ForwardedHeader::XForwardedFor`], as nginx's
     /// `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor` and most
@@ -1111,6 +1155,8 @@ impl ApmBuilder {
             ids: RandomIdGenerator::default(),
             trusted_proxies,
             value_limit: config.value_limit,
+            record_operator_routes: self.record_operator_routes,
+            excluded: self.excluded,
             db_used: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Apm {

@@ -119,6 +119,12 @@
 //!   sum by (le, http_route) (rate(http_server_request_duration_seconds_bucket[5m])))
 //! ```
 //!
+//! The crate's own operator routes (health probes, `/metrics`, `/alerts`, the
+//! status page) are not traffic: they make no span, access-log line or series
+//! ([`ApmBuilder::record_operator_routes`] records them). Leave routes of your
+//! own out the same way with [`ApmBuilder::exclude_routes`] or
+//! [`ApmBuilder::exclude_when`].
+//!
 //! ## Logs
 //!
 //! [`Apm::init_logging`] installs a `tracing` subscriber that writes JSON lines

@@ -24,6 +24,25 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
+/// Set on the response of every operator route (status page, `/alerts`,
+/// `/metrics`, `/livez`, `/readyz`): the server layer leaves such requests out
+/// of spans, metrics, the access log and alert inputs (unless the builder's
+/// `record_operator_routes(true)`), so probes and scrapes are not traffic.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OperatorRoute;
+
+/// `router` with every answer marked [`OperatorRoute`] (for operator routes
+/// that need no token, such as the health probes).
+pub(crate) fn mark<S>(router: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router.route_layer(axum::middleware::map_response(|mut res: Response| async move {
+        res.extensions_mut().insert(OperatorRoute);
+        res
+    }))
+}
+
 /// A token as the builder holds it until `build`: never shown by `Debug`.
 #[derive(Clone, Default)]
 pub(crate) struct Secret(pub(crate) String);
@@ -112,6 +131,7 @@ async fn check(State(token): State<Option<Arc<Token>>>, req: Request, next: Next
     } else {
         refusal()
     };
+    res.extensions_mut().insert(OperatorRoute);
     let headers = res.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

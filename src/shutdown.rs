@@ -329,7 +329,7 @@ impl Shutdown {
     /// shutdown starts, then 503).
     pub fn health_router(&self) -> Router {
         let ready = self.clone();
-        Router::new().route("/livez", get(|| async { "ok\n" })).route(
+        let routes = Router::new().route("/livez", get(|| async { "ok\n" })).route(
             "/readyz",
             get(move || {
                 let ready = ready.inner.ready.load(Ordering::Relaxed);
@@ -341,7 +341,9 @@ impl Shutdown {
                     }
                 }
             }),
-        )
+        );
+        // Probes are not traffic: left out of spans, metrics and the access log.
+        crate::operator::mark(routes)
     }
 
     /// A layer that counts requests in flight and marks HTTP/1.1 responses

@@ -129,8 +129,13 @@ async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
     // The log: JSON only, one access line per request, each with its request's trace.
     let lines = reader.join().expect("every stdout line parsed as JSON");
     let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "tower_apm::access").collect();
-    // /downstream, /users/42 (its call), /panic, /error, /, /metrics, /alerts.
-    assert_eq!(access.len(), 7, "{access:#?}");
+    // /downstream, /users/42 (its call), /panic, /error, /; not /metrics and
+    // /alerts: operator routes are not traffic.
+    assert_eq!(access.len(), 5, "{access:#?}");
+    assert!(
+        access.iter().all(|l| l["path"] != "/metrics" && l["path"] != "/alerts"),
+        "{access:#?}"
+    );
     let logged_outer = access.iter().find(|l| l["route"] == "/downstream").unwrap();
     assert_eq!(logged_outer["trace_id"], outer.trace_id_hex().as_str());
     assert_eq!(logged_outer["span_id"], outer.span_id_hex().as_str());

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::Notify;
 
-use crate::record::{ClientRecord, DbRecord, RequestRecord};
+use crate::record::{ClientRecord, DbRecord, RequestRecord, ShortStr};
 
 /// One span waiting for export.
 #[derive(Debug)]
@@ -35,6 +35,7 @@ impl Item {
     /// About how many bytes the item holds (its box and what that points
     /// to), for the queue's byte budget. Client-controlled strings in it are
     /// already cut to the value limit; this bounds their sum.
+    #[inline]
     fn bytes(&self) -> usize {
         use std::mem::size_of;
         match self {
@@ -43,9 +44,9 @@ impl Item {
                     .into_iter()
                     .flatten()
                     .chain([&r.target, &r.request_id])
-                    .map(crate::record::ShortStr::heap_len)
+                    .map(ShortStr::heap_len)
                     .sum::<usize>();
-                let claimed = r.claimed_forwarded.as_ref().map_or(0, |(_, v)| v.heap_len());
+                let claimed = r.claimed_forwarded.as_ref().map_or(0, ShortStr::heap_len);
                 let panic = r.panic.as_ref().map_or(0, String::len);
                 let events = r.security_events.as_ref().map_or(0, |e| e.bytes());
                 size_of::<RequestRecord>() + strings + claimed + panic + events

@@ -136,6 +136,16 @@ where
                 // rather than by axum after us.
                 let res = match this.state.take() {
                     None => res.map(Body::new),
+                    // An operator route (a probe, a scrape, the status page)
+                    // is not traffic.
+                    Some(mut s)
+                        if !s.shared.record_operator_routes
+                            && res.extensions().get::<crate::operator::OperatorRoute>().is_some() =>
+                    {
+                        s.set_status(res.status().as_u16());
+                        s.finish_excluded();
+                        res.map(Body::new)
+                    }
                     Some(mut s) => {
                         s.set_status(res.status().as_u16());
                         let mut res = res;

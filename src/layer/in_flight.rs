@@ -52,6 +52,12 @@ impl InFlight {
         }
     }
 
+    /// Ends an operator request, left out of spans, metrics and the access log.
+    pub(crate) fn finish_excluded(self) {
+        let InFlight { shared, record } = self;
+        shared.recorder.finish_excluded(record);
+    }
+
     /// Ends the request: the record goes to the sinks.
     pub(crate) fn finish(self) {
         let InFlight { shared, mut record } = self;

@@ -37,6 +37,37 @@ use crate::config::Propagation;
 use crate::record::Recorder;
 use crate::trace::Sampler;
 
+/// Routes left out of the numbers: by template, and by a predicate on the
+/// method and template.
+#[derive(Default)]
+pub(crate) struct Excluded {
+    pub(crate) templates: Vec<Box<str>>,
+    pub(crate) when: Option<ExcludeFn>,
+}
+
+/// The predicate of [`ApmBuilder::exclude_when`](crate::ApmBuilder::exclude_when).
+pub(crate) type ExcludeFn = Arc<dyn Fn(&http::Method, &str) -> bool + Send + Sync>;
+
+impl Excluded {
+    /// Whether nothing is excluded (then the check costs one branch).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.templates.is_empty() && self.when.is_none()
+    }
+
+    pub(crate) fn excludes(&self, method: &http::Method, route: &str) -> bool {
+        self.templates.iter().any(|t| &**t == route) || self.when.as_ref().is_some_and(|f| f(method, route))
+    }
+}
+
+impl std::fmt::Debug for Excluded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Excluded")
+            .field("templates", &self.templates)
+            .field("when", &self.when.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
 /// What every request of one `Apm` shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -48,6 +79,10 @@ pub(crate) struct Shared {
     pub(crate) trusted_proxies: client_addr::TrustedProxies,
     /// The longest client-controlled value kept, in bytes.
     pub(crate) value_limit: usize,
+    /// Whether the crate's own operator routes are recorded like any other.
+    pub(crate) record_operator_routes: bool,
+    /// Route templates left out of spans, metrics, logs and alerts.
+    pub(crate) excluded: Excluded,
     /// Whether a [`Database`](crate::db::Database) was made: requests then
     /// count their handler's queries.
     pub(crate) db_used: std::sync::atomic::AtomicBool,

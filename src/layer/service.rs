@@ -59,12 +59,21 @@ impl<S> ApmService<S> {
         span: SpanContext,
         parent_span_id: SpanId,
         parent_is_remote: bool,
-    ) -> InFlight {
+    ) -> Option<InFlight> {
         let start = Instant::now();
         let route = match &self.route_fn {
             Some(f) => f(req.method(), req.uri()).map(Route::Static),
             None => req.extensions().get::<MatchedPath>().cloned().map(Route::Matched),
         };
+        // Routes the user left out of the numbers: no record at all.
+        let excluded = &self.shared.excluded;
+        if !excluded.is_empty()
+            && route
+                .as_ref()
+                .is_some_and(|r| excluded.excludes(req.method(), r.as_str()))
+        {
+            return None;
+        }
         let uri = req.uri();
         // Every client-controlled string is cut to the value limit before it
         // is kept: a client chooses how long its headers are.
@@ -92,7 +101,7 @@ impl<S> ApmService<S> {
             if self.shared.recorder.wants_security() {
                 claimed_forwarded = trusted
                     .claim(peer_trusted, found.forwarding, req.headers())
-                    .map(|(name, value)| (name, ShortStr::cut(value, limit)));
+                    .map(|(name, value)| ShortStr::claim(name, value, limit));
             }
         }
         self.shared.recorder.started(req.method(), https);
@@ -121,10 +130,10 @@ impl<S> ApmService<S> {
             parent_is_remote,
             db: crate::db::DbTotals::default(),
         });
-        InFlight {
+        Some(InFlight {
             shared: Arc::clone(&self.shared),
             record,
-        }
+        })
     }
 }
 
@@ -174,7 +183,7 @@ where
         // A request no sink will read (not sampled, and no sink wants unsampled
         // records) only carries its context: no record, no clock reads.
         let state = if sampled || shared.recorder.wants_unsampled() {
-            Some(self.in_flight(&req, &found, span, parent_span_id, parent_is_remote))
+            self.in_flight(&req, &found, span, parent_span_id, parent_is_remote)
         } else {
             None
         };

@@ -319,6 +319,12 @@ impl Metrics {
         self.active[method_slot(method)][usize::from(https)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request left out of the metrics ended: no longer in flight, counted
+    /// nowhere else.
+    pub(crate) fn ended_unrecorded(&self, method: &Method, https: bool) {
+        self.active[method_slot(method)][usize::from(https)].fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// A request ended (answered, failed or abandoned): counted once, in the
     /// series of its attributes, and no longer in flight.
     pub(crate) fn record(&self, r: &RequestRecord) {

@@ -326,6 +326,18 @@ fn layer_event(status: u16, r: &RequestRecord) -> Option<SecurityEvent> {
     Some(e)
 }
 
+/// A claimed forwarding header, kept as `name: value`: the name (one of the
+/// forwarding headers) and the value.
+fn claimed_header(c: &[u8]) -> (&'static str, String) {
+    let text = String::from_utf8_lossy(c);
+    let (name, value) = text.split_once(": ").unwrap_or(("", &text));
+    let name = ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .into_iter()
+        .find(|n| *n == name)
+        .unwrap_or("forwarded");
+    (name, value.to_owned())
+}
+
 /// What the record knows about the request, for an event.
 fn facts(r: &RequestRecord) -> RequestFacts {
     let (path, query) = r.path_and_query();
@@ -335,10 +347,7 @@ fn facts(r: &RequestRecord) -> RequestFacts {
     };
     RequestFacts {
         source_ip: r.client_ip(),
-        claimed_forwarded: r
-            .claimed_forwarded
-            .as_ref()
-            .map(|(name, c)| (*name, String::from_utf8_lossy(c.as_bytes()).into_owned())),
+        claimed_forwarded: r.claimed_forwarded.as_ref().map(|c| claimed_header(c.as_bytes())),
         method: Some(r.method.clone()),
         uri: Some(uri),
         route: r.route.as_ref().map(|x| x.as_str().to_owned()),
