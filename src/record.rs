@@ -278,6 +278,10 @@ impl Recorder {
 
     /// Boxes a new record, reusing a box when one is waiting: this thread's last
     /// unsampled record's, or one the export thread has emptied.
+    // Inlined into the layer so the new record is written straight into its
+    // box: called, it is built on the stack and copied with `memcpy` (~85
+    // instructions a request, measured with `scripts/instr.sh`).
+    #[inline(always)]
     pub(crate) fn boxed(&self, record: RequestRecord) -> Box<RequestRecord> {
         let spare = SPARE_RECORD
             .with(Cell::take)

@@ -59,21 +59,9 @@ impl<S> ApmService<S> {
         span: SpanContext,
         parent_span_id: SpanId,
         parent_is_remote: bool,
-    ) -> Option<InFlight> {
+        route: Option<Route>,
+    ) -> InFlight {
         let start = Instant::now();
-        let route = match &self.route_fn {
-            Some(f) => f(req.method(), req.uri()).map(Route::Static),
-            None => req.extensions().get::<MatchedPath>().cloned().map(Route::Matched),
-        };
-        // Routes the user left out of the numbers: no record at all.
-        let excluded = &self.shared.excluded;
-        if !excluded.is_empty()
-            && route
-                .as_ref()
-                .is_some_and(|r| excluded.excludes(req.method(), r.as_str()))
-        {
-            return None;
-        }
         let uri = req.uri();
         // Every client-controlled string is cut to the value limit before it
         // is kept: a client chooses how long its headers are.
@@ -130,10 +118,18 @@ impl<S> ApmService<S> {
             parent_is_remote,
             db: crate::db::DbTotals::default(),
         });
-        Some(InFlight {
+        InFlight {
             shared: Arc::clone(&self.shared),
             record,
-        })
+        }
+    }
+
+    /// The request's route template: from the route function, else axum's.
+    fn route<B>(&self, req: &Request<B>) -> Option<Route> {
+        match &self.route_fn {
+            Some(f) => f(req.method(), req.uri()).map(Route::Static),
+            None => req.extensions().get::<MatchedPath>().cloned().map(Route::Matched),
+        }
     }
 }
 
@@ -183,7 +179,18 @@ where
         // A request no sink will read (not sampled, and no sink wants unsampled
         // records) only carries its context: no record, no clock reads.
         let state = if sampled || shared.recorder.wants_unsampled() {
-            self.in_flight(&req, &found, span, parent_span_id, parent_is_remote)
+            let route = self.route(&req);
+            // Routes the user left out of the numbers: no record at all.
+            let excluded = &shared.excluded;
+            if !excluded.is_empty()
+                && route
+                    .as_ref()
+                    .is_some_and(|r| excluded.excludes(req.method(), r.as_str()))
+            {
+                None
+            } else {
+                Some(self.in_flight(&req, &found, span, parent_span_id, parent_is_remote, route))
+            }
         } else {
             None
         };
