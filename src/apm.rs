@@ -987,8 +987,18 @@ impl ApmBuilder {
             (None, Some(otlp)) => Some(ExporterSpec::Otlp(otlp)),
             (None, None) => None,
         };
+        // One warning per collector outage, whichever signal fails first.
+        let health = Arc::new(crate::export::health::CollectorHealth::default());
         let pipeline = spec
-            .map(|spec| Pipeline::start(spec, config.resource.clone(), config.batch, (*redactor).clone()))
+            .map(|spec| {
+                Pipeline::start(
+                    spec,
+                    config.resource.clone(),
+                    config.batch,
+                    (*redactor).clone(),
+                    Arc::clone(&health),
+                )
+            })
             .transpose()?;
         if let (Some(p), Some((keep, slow))) = (&pipeline, self.recent_traces) {
             *p.queue.recent.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -1093,9 +1103,12 @@ impl ApmBuilder {
             }
         };
         let pusher = match &metrics {
-            Some(m) if config.metrics.push => {
-                Some(Pusher::start(Arc::clone(m), config.resource.clone(), &config.metrics)?)
-            }
+            Some(m) if config.metrics.push => Some(Pusher::start(
+                Arc::clone(m),
+                config.resource.clone(),
+                &config.metrics,
+                Arc::clone(&health),
+            )?),
             _ => None,
         };
         let shared = Arc::new(Shared {

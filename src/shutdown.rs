@@ -618,29 +618,35 @@ impl Shutdown {
 
         self.inner.phase.send_replace(Phase::Flush);
         let started = Instant::now();
-        if let Some(apm) = apm {
-            match apm.shutdown_within(self.inner.config.flush_timeout).await {
-                Ok(()) => {}
-                Err(crate::ExportError::Deadline(d)) => {
-                    if code == 0 {
-                        code = EXIT_FLUSH_TIMEOUT;
-                    }
-                    tracing::warn!(
-                        target: "tower_apm::shutdown",
-                        phase = "flush",
-                        timeout_ms = d.as_millis() as u64,
-                        "telemetry flush did not finish within its deadline"
-                    );
+        // One line ends the phase, saying what happened: flushed, failed, or
+        // cut short by the deadline.
+        let flushed = match apm {
+            Some(apm) => apm.shutdown_within(self.inner.config.flush_timeout).await,
+            None => Ok(()),
+        };
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match flushed {
+            Ok(()) => log_phase("flush", started.elapsed(), "telemetry flushed"),
+            Err(crate::ExportError::Deadline(d)) => {
+                if code == 0 {
+                    code = EXIT_FLUSH_TIMEOUT;
                 }
-                Err(e) => tracing::warn!(
+                tracing::warn!(
                     target: "tower_apm::shutdown",
                     phase = "flush",
-                    error = %e,
-                    "telemetry flush failed (the collector did not take it)"
-                ),
+                    duration_ms,
+                    timeout_ms = d.as_millis() as u64,
+                    "telemetry flush did not finish within its deadline; what was left is lost"
+                );
             }
+            Err(e) => tracing::warn!(
+                target: "tower_apm::shutdown",
+                phase = "flush",
+                duration_ms,
+                error = %e,
+                "telemetry flush failed: the collector did not take the last telemetry"
+            ),
         }
-        log_phase("flush", started.elapsed(), "telemetry flushed");
         self.inner.phase.send_replace(Phase::Exited);
         tracing::info!(target: "tower_apm::shutdown", phase = "exit", exit_code = code, "shutdown complete");
         if let Some(apm) = apm {
