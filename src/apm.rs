@@ -768,9 +768,11 @@ impl ApmBuilder {
         self
     }
 
-    /// Turns the request metrics on or off (else on, unless
-    /// `OTEL_METRICS_EXPORTER=none`). Off, an unsampled request costs only its
-    /// trace context.
+    /// Turns the request metrics on or off (default on). Off, an unsampled
+    /// request costs only its trace context, and `/metrics`, alerts, SLOs and
+    /// the status page's rates have nothing to read. `OTEL_METRICS_EXPORTER`
+    /// does not turn them off: it chooses exporters (`none` stops the OTLP
+    /// push only).
     pub fn metrics(mut self, enabled: bool) -> Self {
         self.settings.metrics = Some(enabled);
         self
@@ -1075,7 +1077,9 @@ impl ApmBuilder {
                     alert: rules
                         .first()
                         .map_or_else(|| format!("SLO {}", self.slos[0].name), |r| r.0.name.clone()),
-                    problem: "alerts read the request metrics, which are off: remove .metrics(false)".into(),
+                    problem: "alerts read the request metrics, which ApmBuilder::metrics(false) turned off: \
+                              remove .metrics(false) (OTEL_METRICS_EXPORTER=none stops only the OTLP push)"
+                        .into(),
                 });
             }
             (Some(m), false) => {

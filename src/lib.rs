@@ -102,7 +102,10 @@
 //! `target_info` for the resource). [`Apm::serve_metrics`] serves it on a port of
 //! its own. And unless `OTEL_METRICS_EXPORTER` says otherwise, the metrics are
 //! pushed over OTLP every `OTEL_METRIC_EXPORT_INTERVAL` to the same collector as
-//! the spans.
+//! the spans. `OTEL_METRICS_EXPORTER` chooses exporters only, as the
+//! specification defines it: `none` stops the push, and `/metrics`, alerts, SLOs,
+//! the status page and the shutdown's drain count keep reading the in-process
+//! aggregation, which only [`ApmBuilder::metrics`]`(false)` turns off.
 //!
 //! What to ask Prometheus (5-minute windows):
 //!
@@ -294,7 +297,7 @@
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | `2048`, `512` |
 //! | `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` | `4096` bytes: client-controlled values and `tracing` span attributes are cut to it, ending in `…` |
 //! | `OTEL_PROPAGATORS` | `tracecontext,baggage` |
-//! | `OTEL_METRICS_EXPORTER` | `otlp` (a list of `otlp`, `prometheus`, `none`) |
+//! | `OTEL_METRICS_EXPORTER` | `otlp` (a list of `otlp`, `prometheus`, `none`; without `otlp` nothing is pushed, and the in-process metrics stay: [`ApmBuilder::metrics`]`(false)` turns those off) |
 //! | `OTEL_EXPORTER_OTLP_METRICS_{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}` | as the generic `OTEL_EXPORTER_OTLP_*` (HTTP path `/v1/metrics`) |
 //! | `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_METRIC_EXPORT_TIMEOUT` | `60000`, `30000` ms |
 //!

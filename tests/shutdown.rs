@@ -530,3 +530,30 @@ async fn no_collector_is_one_warning_and_one_truthful_flush_line() {
     );
     assert!(flush[0]["duration_ms"].as_f64().is_some(), "{flush:#?}");
 }
+
+/// `OTEL_METRICS_EXPORTER=none` turns off the OTLP push only: the demo (with
+/// its alerts and SLO) starts, `/metrics` counts requests, and the drain
+/// still knows how many requests are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_starts_with_metrics_exporter_none_and_serves_its_metrics() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.grpc_endpoint();
+    let demo = Demo::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_METRICS_EXPORTER", "none"),
+    ])
+    .await;
+    assert_eq!(get(format!("{}/users/1", demo.base)).await.0, 200);
+    let (status, metrics) = get(format!("{}/metrics", demo.base)).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("http_server_request_duration_seconds_count{") && l.contains("/users/{id}")),
+        "{metrics}"
+    );
+    demo.sigterm();
+    let (code, lines) = demo.exit().await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(receiver.metric_exports().is_empty(), "nothing pushed");
+}
