@@ -619,6 +619,10 @@ impl Apm {
     /// writes out the queued log lines, waiting at most the export timeout.
     /// A collector that is down or hangs cannot hold the caller past it.
     ///
+    /// For programs without a [`Shutdown`](crate::Shutdown):
+    /// [`Shutdown::finish`](crate::Shutdown::finish) calls it (within its flush
+    /// deadline), so it is not called again after `finish`.
+    ///
     /// # Errors
     /// The final export failed, or the deadline passed.
     pub async fn shutdown(&self) -> Result<(), ExportError> {
@@ -796,9 +800,12 @@ impl ApmBuilder {
         self
     }
 
-    /// Turns the access log on or off (default: on when [`ApmBuilder::logs`] was
-    /// called). Each request gets an `x-request-id` (the client's when valid)
-    /// that is returned in the response and written in its access-log line.
+    /// Turns the access log on or off: one JSON line per request, written when
+    /// its response body ends, to the output of [`ApmBuilder::logs`] (stdout
+    /// by default). The switch to use; without it the access log is on exactly
+    /// when [`ApmBuilder::logs`] was called. Each request gets an
+    /// `x-request-id` (the client's when valid) that is returned in the
+    /// response and written in its access-log line.
     pub fn access_log(mut self, enabled: bool) -> Self {
         self.access_log = Some(enabled);
         self

@@ -268,7 +268,10 @@ struct Inner {
 ///     .merge(shutdown.health_router()) // /livez, /readyz
 ///     .layer(apm.layer()); // counts in-flight requests, marks `Connection: close`
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:3000").await.unwrap();
-/// axum::serve(listener, app).with_graceful_shutdown(shutdown.signal()).await.unwrap();
+/// axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+///     .with_graceful_shutdown(shutdown.signal())
+///     .await
+///     .unwrap();
 /// shutdown.finish(&apm).await // cleanup hooks, telemetry flush, the exit code
 /// # }
 /// ```
@@ -556,7 +559,14 @@ impl Shutdown {
     }
 
     /// After the server returned: the drain is over; workers, hooks and the
-    /// telemetry flush run, each within its deadline. Returns the exit code.
+    /// telemetry flush run, each within its deadline. Returns the exit code,
+    /// for `main` to return (see the crate's quick start).
+    ///
+    /// The flush is [`Apm::shutdown`] of `apm`, bounded by
+    /// [`ShutdownBuilder::flush_timeout`]: spans exported, a last metric push,
+    /// log lines written, the export threads stopped. Do not call
+    /// `apm.shutdown()` after it: there is nothing left to flush (with spans
+    /// exported it answers [`ExportError::Stopped`](crate::ExportError::Stopped)).
     pub async fn finish(&self, apm: &Apm) -> std::process::ExitCode {
         if self.inner.finished.swap(true, Ordering::SeqCst) {
             // The drain deadline's watchdog is already finishing and will exit.
