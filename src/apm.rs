@@ -621,6 +621,10 @@ impl Apm {
     /// writes out the queued log lines, waiting at most the export timeout.
     /// A collector that is down or hangs cannot hold the caller past it.
     ///
+    /// For programs without a [`Shutdown`](crate::Shutdown):
+    /// [`Shutdown::finish`](crate::Shutdown::finish) calls it (within its flush
+    /// deadline), so it is not called again after `finish`.
+    ///
     /// # Errors
     /// The final export failed, or the deadline passed.
     pub async fn shutdown(&self) -> Result<(), ExportError> {
@@ -770,9 +774,11 @@ impl ApmBuilder {
         self
     }
 
-    /// Turns the request metrics on or off (else on, unless
-    /// `OTEL_METRICS_EXPORTER=none`). Off, an unsampled request costs only its
-    /// trace context.
+    /// Turns the request metrics on or off (default on). Off, an unsampled
+    /// request costs only its trace context, and `/metrics`, alerts, SLOs and
+    /// the status page's rates have nothing to read. `OTEL_METRICS_EXPORTER`
+    /// does not turn them off: it chooses exporters (`none` stops the OTLP
+    /// push only).
     pub fn metrics(mut self, enabled: bool) -> Self {
         self.settings.metrics = Some(enabled);
         self
@@ -796,9 +802,12 @@ impl ApmBuilder {
         self
     }
 
-    /// Turns the access log on or off (default: on when [`ApmBuilder::logs`] was
-    /// called). Each request gets an `x-request-id` (the client's when valid)
-    /// that is returned in the response and written in its access-log line.
+    /// Turns the access log on or off: one JSON line per request, written when
+    /// its response body ends, to the output of [`ApmBuilder::logs`] (stdout
+    /// by default). The switch to use; without it the access log is on exactly
+    /// when [`ApmBuilder::logs`] was called. Each request gets an
+    /// `x-request-id` (the client's when valid) that is returned in the
+    /// response and written in its access-log line.
     pub fn access_log(mut self, enabled: bool) -> Self {
         self.access_log = Some(enabled);
         self
@@ -1031,8 +1040,18 @@ impl ApmBuilder {
             (None, Some(otlp)) => Some(ExporterSpec::Otlp(otlp)),
             (None, None) => None,
         };
+        // One warning per collector outage, whichever signal fails first.
+        let health = Arc::new(crate::export::health::CollectorHealth::default());
         let pipeline = spec
-            .map(|spec| Pipeline::start(spec, config.resource.clone(), config.batch, (*redactor).clone()))
+            .map(|spec| {
+                Pipeline::start(
+                    spec,
+                    config.resource.clone(),
+                    config.batch,
+                    (*redactor).clone(),
+                    Arc::clone(&health),
+                )
+            })
             .transpose()?;
         if let (Some(p), Some((keep, slow))) = (&pipeline, self.recent_traces) {
             *p.queue.recent.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -1109,7 +1128,9 @@ impl ApmBuilder {
                     alert: rules
                         .first()
                         .map_or_else(|| format!("SLO {}", self.slos[0].name), |r| r.0.name.clone()),
-                    problem: "alerts read the request metrics, which are off: remove .metrics(false)".into(),
+                    problem: "alerts read the request metrics, which ApmBuilder::metrics(false) turned off: \
+                              remove .metrics(false) (OTEL_METRICS_EXPORTER=none stops only the OTLP push)"
+                        .into(),
                 });
             }
             (Some(m), false) => {
@@ -1137,9 +1158,12 @@ impl ApmBuilder {
             }
         };
         let pusher = match &metrics {
-            Some(m) if config.metrics.push => {
-                Some(Pusher::start(Arc::clone(m), config.resource.clone(), &config.metrics)?)
-            }
+            Some(m) if config.metrics.push => Some(Pusher::start(
+                Arc::clone(m),
+                config.resource.clone(),
+                &config.metrics,
+                Arc::clone(&health),
+            )?),
             _ => None,
         };
         let shared = Arc::new(Shared {

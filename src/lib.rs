@@ -9,28 +9,103 @@
 //!
 //! ## Quick start
 //!
+//! One way to start a service, the one a service should use: the layer, JSON
+//! logs with an access log, `/metrics`, health endpoints, the peer's address,
+//! and a graceful shutdown that flushes the telemetry and gives the exit code.
+//! The README shows the same text and `examples/quickstart.rs` is this file
+//! (`cargo run --example quickstart`); tests keep the three the same and run
+//! the example as a real process. It needs `tower-apm`, `axum`, `tokio`
+//! (features `macros`, `rt-multi-thread`, `net`) and `tracing`.
+//!
 //! ```no_run
-//! use axum::{Router, routing::get};
+//! use std::net::SocketAddr;
+//! use std::process::ExitCode;
+//!
+//! use axum::{Router, extract::Path, routing::get};
+//! use tower_apm::{Apm, Shutdown};
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     // OTEL_* variables apply: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, ...
-//!     let apm = tower_apm::Apm::builder().service_name("checkout").build()?;
-//!     apm.init_tracing()?; // optional: log lines + `tracing` spans as child spans
+//! async fn main() -> ExitCode {
+//!     // The exit code: 0 after a clean shutdown; 1 when the service cannot start,
+//!     // with the error printed by its Display (a ConfigError says what to fix);
+//!     // 3, 4 or 5 when a shutdown deadline forced the exit (tower_apm::EXIT_*).
+//!     match run().await {
+//!         Ok(code) => code,
+//!         Err(e) => {
+//!             eprintln!("checkout: {e}");
+//!             ExitCode::FAILURE
+//!         }
+//!     }
+//! }
+//!
+//! async fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
+//!     // Builder calls win over the OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
+//!     // OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...), which win over the defaults.
+//!     let apm = Apm::builder()
+//!         .service_name("checkout")
+//!         .access_log(true) // one JSON line per request
+//!         .build()?;
+//!     apm.init_logging()?; // JSON lines on stdout with trace ids; RUST_LOG filters
+//!
+//!     // SIGTERM or Ctrl-C: readiness fails, in-flight requests finish, then
+//!     // cleanup hooks run and spans, metrics and logs are flushed.
+//!     let shutdown = Shutdown::builder().telemetry(&apm).build();
 //!
 //!     let app = Router::new()
-//!         .route("/users/{id}", get(|| async { "hello" }))
-//!         .layer(apm.layer());
+//!         .route("/users/{id}", get(user))
+//!         .merge(apm.metrics_router()) // GET /metrics
+//!         .merge(shutdown.health_router()) // GET /livez, /readyz
+//!         .layer(apm.layer()); // last, so that it sees every route
 //!
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//!     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
-//!     apm.shutdown().await?; // flush, bounded by OTEL_BSP_EXPORT_TIMEOUT
-//!     Ok(())
+//!     let addr = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
+//!     let listener = tokio::net::TcpListener::bind(&addr).await?;
+//!     let url = format!("http://{}", listener.local_addr()?);
+//!     tracing::info!(%url, "listening");
+//!
+//!     // The peer's address gives spans, access lines and the security detectors
+//!     // their client.address.
+//!     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+//!         .with_graceful_shutdown(shutdown.signal())
+//!         .await?;
+//!     // The server has stopped: cleanup hooks, then the flush of spans, metrics
+//!     // and logs (it shuts the Apm down: no apm.shutdown() after it).
+//!     Ok(shutdown.finish(&apm).await)
+//! }
+//!
+//! async fn user(Path(id): Path<u64>) -> String {
+//!     format!("user {id}\n")
 //! }
 //! ```
 //!
-//! Serving with `into_make_service_with_connect_info` gives the span its
-//! `client.address`; everything else needs nothing more.
+//! `main` returns an [`ExitCode`](std::process::ExitCode), the one
+//! [`Shutdown::finish`] gives: 0 when every phase of the shutdown finished in
+//! time, else the code of the deadline that forced the exit. An error before
+//! serving is printed with `{}` and exits 1. Print a [`ConfigError`] with `{}`:
+//! its text says what to fix (`invalid value "half" for
+//! OTEL_TRACES_SAMPLER_ARG: expected a ratio between 0.0 and 1.0`); its
+//! `Debug` is the same text, so `fn main() -> Result<(), ConfigError>` prints
+//! it too. [`Shutdown::finish`] flushes and shuts down the `Apm` it is given:
+//! [`Apm::shutdown`] is for programs without a [`Shutdown`], and after
+//! `finish` it has nothing left to do.
+//!
+//! **[`Apm::init_logging`] or [`Apm::init_tracing`].** Both install the global
+//! `tracing` subscriber, filtered by `RUST_LOG` (default `info`), with
+//! [`Apm::tracing_layer`] (so `tracing` spans inside handlers become child
+//! spans of the request's span) and the panic hook. `init_logging` writes
+//! every event as one JSON line with the request's `trace_id` and `span_id`,
+//! to the [`LogOutput`] of [`ApmBuilder::logs`] (stdout by default) through a
+//! bounded background writer, and with the `otlp-logs` feature also as OTLP
+//! log records: for services whose logs are collected. `init_tracing` writes
+//! `tracing-subscriber`'s human-readable lines to stdout, without trace ids:
+//! for a terminal. Use one, or compose [`Apm::logging_layer`] and
+//! [`Apm::tracing_layer`] into a subscriber of your own.
+//!
+//! **The access log.** [`ApmBuilder::access_log`]`(true)` writes one JSON line
+//! per request when its response body ends (method, route, path, status,
+//! duration, client address, user agent, `x-request-id`, trace and span ids;
+//! see *Logs*) to the same output as the event lines. It is off unless asked
+//! for; calling [`ApmBuilder::logs`] (to choose a file or stdout) also turns it
+//! on, as before, and `.access_log(false)` keeps it off then.
 //!
 //! ## Tracing
 //!
@@ -102,7 +177,10 @@
 //! `target_info` for the resource). [`Apm::serve_metrics`] serves it on a port of
 //! its own. And unless `OTEL_METRICS_EXPORTER` says otherwise, the metrics are
 //! pushed over OTLP every `OTEL_METRIC_EXPORT_INTERVAL` to the same collector as
-//! the spans.
+//! the spans. `OTEL_METRICS_EXPORTER` chooses exporters only, as the
+//! specification defines it: `none` stops the push, and `/metrics`, alerts, SLOs,
+//! the status page and the shutdown's drain count keep reading the in-process
+//! aggregation, which only [`ApmBuilder::metrics`]`(false)` turns off.
 //!
 //! What to ask Prometheus (5-minute windows):
 //!
@@ -160,8 +238,9 @@
 //! of the span the event happened in (the request's server span, or a `tracing`
 //! span inside it), `service`.
 //!
-//! With [`ApmBuilder::logs`] the layer also writes one access-log line per request
-//! when its response body ends (or the client goes away), straight from the
+//! With [`ApmBuilder::access_log`]`(true)` (on by itself once [`ApmBuilder::logs`]
+//! is called) the layer also writes one access-log line per request when its
+//! response body ends (or the client goes away), straight from the
 //! request's record: `target` `tower_apm::access`, `message` `request`, `method`,
 //! `route`, `path`, `query`, `status`, `duration_ms`, `response_bytes`,
 //! `client_address`, `user_agent`, `request_id`, `trace_id`, `span_id`,
@@ -300,7 +379,7 @@
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | `2048`, `512` |
 //! | `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` | `4096` bytes: client-controlled values and `tracing` span attributes are cut to it, ending in `…` |
 //! | `OTEL_PROPAGATORS` | `tracecontext,baggage` |
-//! | `OTEL_METRICS_EXPORTER` | `otlp` (a list of `otlp`, `prometheus`, `none`) |
+//! | `OTEL_METRICS_EXPORTER` | `otlp` (a list of `otlp`, `prometheus`, `none`; without `otlp` nothing is pushed, and the in-process metrics stay: [`ApmBuilder::metrics`]`(false)` turns those off) |
 //! | `OTEL_EXPORTER_OTLP_METRICS_{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}` | as the generic `OTEL_EXPORTER_OTLP_*` (HTTP path `/v1/metrics`) |
 //! | `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_METRIC_EXPORT_TIMEOUT` | `60000`, `30000` ms |
 //!

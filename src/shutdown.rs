@@ -268,7 +268,10 @@ struct Inner {
 ///     .merge(shutdown.health_router()) // /livez, /readyz
 ///     .layer(apm.layer()); // counts in-flight requests, marks `Connection: close`
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:3000").await.unwrap();
-/// axum::serve(listener, app).with_graceful_shutdown(shutdown.signal()).await.unwrap();
+/// axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+///     .with_graceful_shutdown(shutdown.signal())
+///     .await
+///     .unwrap();
 /// shutdown.finish(&apm).await // cleanup hooks, telemetry flush, the exit code
 /// # }
 /// ```
@@ -558,7 +561,14 @@ impl Shutdown {
     }
 
     /// After the server returned: the drain is over; workers, hooks and the
-    /// telemetry flush run, each within its deadline. Returns the exit code.
+    /// telemetry flush run, each within its deadline. Returns the exit code,
+    /// for `main` to return (see the crate's quick start).
+    ///
+    /// The flush is [`Apm::shutdown`] of `apm`, bounded by
+    /// [`ShutdownBuilder::flush_timeout`]: spans exported, a last metric push,
+    /// log lines written, the export threads stopped. Do not call
+    /// `apm.shutdown()` after it: there is nothing left to flush (with spans
+    /// exported it answers [`ExportError::Stopped`](crate::ExportError::Stopped)).
     pub async fn finish(&self, apm: &Apm) -> std::process::ExitCode {
         if self.inner.finished.swap(true, Ordering::SeqCst) {
             // The drain deadline's watchdog is already finishing and will exit.
@@ -620,29 +630,35 @@ impl Shutdown {
 
         self.inner.phase.send_replace(Phase::Flush);
         let started = Instant::now();
-        if let Some(apm) = apm {
-            match apm.shutdown_within(self.inner.config.flush_timeout).await {
-                Ok(()) => {}
-                Err(crate::ExportError::Deadline(d)) => {
-                    if code == 0 {
-                        code = EXIT_FLUSH_TIMEOUT;
-                    }
-                    tracing::warn!(
-                        target: "tower_apm::shutdown",
-                        phase = "flush",
-                        timeout_ms = d.as_millis() as u64,
-                        "telemetry flush did not finish within its deadline"
-                    );
+        // One line ends the phase, saying what happened: flushed, failed, or
+        // cut short by the deadline.
+        let flushed = match apm {
+            Some(apm) => apm.shutdown_within(self.inner.config.flush_timeout).await,
+            None => Ok(()),
+        };
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match flushed {
+            Ok(()) => log_phase("flush", started.elapsed(), "telemetry flushed"),
+            Err(crate::ExportError::Deadline(d)) => {
+                if code == 0 {
+                    code = EXIT_FLUSH_TIMEOUT;
                 }
-                Err(e) => tracing::warn!(
+                tracing::warn!(
                     target: "tower_apm::shutdown",
                     phase = "flush",
-                    error = %e,
-                    "telemetry flush failed (the collector did not take it)"
-                ),
+                    duration_ms,
+                    timeout_ms = d.as_millis() as u64,
+                    "telemetry flush did not finish within its deadline; what was left is lost"
+                );
             }
+            Err(e) => tracing::warn!(
+                target: "tower_apm::shutdown",
+                phase = "flush",
+                duration_ms,
+                error = %e,
+                "telemetry flush failed: the collector did not take the last telemetry"
+            ),
         }
-        log_phase("flush", started.elapsed(), "telemetry flushed");
         self.inner.phase.send_replace(Phase::Exited);
         tracing::info!(target: "tower_apm::shutdown", phase = "exit", exit_code = code, "shutdown complete");
         if let Some(apm) = apm {

@@ -227,3 +227,44 @@ async fn a_collector_that_is_down_fails_the_push_within_its_timeout_and_counts_i
     // Shutdown is bounded too, and reports the same failure.
     assert!(apm.shutdown_within(Duration::from_secs(5)).await.is_err());
 }
+
+/// `OTEL_METRICS_EXPORTER=none` chooses no exporter, as the OpenTelemetry
+/// specification defines the variable: nothing is pushed, while the in-process
+/// metrics that `/metrics`, alerts and the status page read stay on, so an
+/// `Apm` with alerts still builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exporter_none_stops_the_push_and_keeps_the_in_process_metrics() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.grpc_endpoint();
+    let apm = tower_apm::Apm::builder()
+        .environment([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "50"),
+        ])
+        .alert(tower_apm::Alert::error_rate().above(0.05))
+        .build()
+        .expect("alerts read the in-process metrics, which OTEL_METRICS_EXPORTER=none leaves on");
+    let app = app(&apm).merge(apm.metrics_router());
+    send(&app, "/users/7").await;
+
+    let res = app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("http_server_request_duration_seconds_count{") && l.contains("/users/{id}"))
+        .unwrap_or_else(|| panic!("no /users/{{id}} series on /metrics:\n{text}"));
+    assert!(count.ends_with(" 1"), "{count}");
+
+    // The spans go to the collector; no metric push does.
+    apm.force_flush().await.unwrap();
+    receiver.wait_for(1).await;
+    assert!(receiver.metric_exports().is_empty(), "nothing pushed");
+    assert_eq!(apm.stats().metric_exports, 0);
+    apm.shutdown().await.unwrap();
+    assert!(receiver.metric_exports().is_empty(), "not even at shutdown");
+}

@@ -173,8 +173,9 @@ async fn export_warnings_and_errors_show_the_endpoint_without_its_password() {
         let events = captured.0.lock().unwrap().clone();
         let ours: Vec<&String> = events.iter().filter(|e| e.contains(&port.to_string())).collect();
         assert!(
-            ours.iter()
-                .any(|e| e.contains("metric export failed") && e.contains(&format!("http://127.0.0.1:{port}"))),
+            ours.iter().any(
+                |e| e.contains("export to the collector failed") && e.contains(&format!("http://127.0.0.1:{port}"))
+            ),
             "{protocol}: the warning names the endpoint: {events:#?}"
         );
         for e in &events {

@@ -453,3 +453,107 @@ async fn the_helper_drives_hyper_utils_graceful_shutdown() {
     assert_eq!(shutdown.finish(&apm).await, std::process::ExitCode::SUCCESS);
     assert_eq!(shutdown.phase(), tower_apm::Phase::Exited);
 }
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The demo with no collector, as the README describes it: one warning line
+/// while both signals fail (not one per signal), and at the exit one line for
+/// the flush phase that says it failed (not a failure followed by "flushed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_collector_is_one_warning_and_one_truthful_flush_line() {
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let mut demo = Demo::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_METRICS_EXPORTER", "otlp"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "50"),
+    ])
+    .await;
+    assert_eq!(get(format!("{}/users/1", demo.base)).await.0, 200);
+    demo.wait_line(|l| l["level"] == "WARN").await;
+
+    // Both signals have failed against the collector while the demo runs
+    // (watched on its status API: the failures are counted, not logged).
+    let both_failed = async {
+        loop {
+            let (_, body) = get(format!("{}/apm/api/overview", demo.base)).await;
+            let o: Value = serde_json::from_str(&body).unwrap();
+            let t = &o["telemetry"];
+            if t["export_failures"].as_u64() >= Some(1) && t["metric_export_failures"].as_u64() >= Some(1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), both_failed)
+        .await
+        .expect("span export and metric push both failed");
+
+    demo.sigterm();
+    let (code, lines) = demo.exit().await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+
+    let warnings: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["level"] == "WARN" && l["target"] == "tower_apm")
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for one missing collector: {warnings:#?}"
+    );
+    let warning = warnings[0]["message"].as_str().unwrap();
+    assert!(
+        warning.starts_with("export to the collector failed")
+            && warning.contains("spans are dropped")
+            && warning.contains("metric pushes are retried"),
+        "{warning}"
+    );
+    assert_eq!(warnings[0]["endpoint"], endpoint.as_str());
+
+    let flush: Vec<&Value> = lines.iter().filter(|l| l["phase"] == "flush").collect();
+    assert_eq!(flush.len(), 1, "one line ends the flush phase: {flush:#?}");
+    assert_eq!(flush[0]["level"], "WARN", "{flush:#?}");
+    assert!(
+        flush[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("telemetry flush failed"),
+        "{flush:#?}"
+    );
+    assert!(flush[0]["duration_ms"].as_f64().is_some(), "{flush:#?}");
+}
+
+/// `OTEL_METRICS_EXPORTER=none` turns off the OTLP push only: the demo (with
+/// its alerts and SLO) starts, `/metrics` counts requests, and the drain
+/// still knows how many requests are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_starts_with_metrics_exporter_none_and_serves_its_metrics() {
+    let receiver = Receiver::start().await;
+    let endpoint = receiver.grpc_endpoint();
+    let demo = Demo::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_METRICS_EXPORTER", "none"),
+    ])
+    .await;
+    assert_eq!(get(format!("{}/users/1", demo.base)).await.0, 200);
+    let (status, metrics) = get(format!("{}/metrics", demo.base)).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("http_server_request_duration_seconds_count{") && l.contains("/users/{id}")),
+        "{metrics}"
+    );
+    demo.sigterm();
+    let (code, lines) = demo.exit().await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(receiver.metric_exports().is_empty(), "nothing pushed");
+}

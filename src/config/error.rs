@@ -9,7 +9,13 @@ use std::fmt;
 /// are shown where they hold no secret: never a header value (they carry the
 /// collector's credentials), never the userinfo of a URL (`http://user:pw@host`
 /// is shown as `http://host`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Print it with `{}` (its `Display`) to tell the operator what to fix. Its
+/// `Debug` is the same text, so a `main` that returns
+/// `Result<_, ConfigError>` (or a `Box<dyn Error>` holding one), whose error
+/// Rust prints with `{:?}`, prints the advice too:
+/// `Error: invalid value "half" for OTEL_TRACES_SAMPLER_ARG: expected ...`.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// An environment variable holds a value that cannot be used.
@@ -158,4 +164,27 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The same text as `Display`: what to fix, not the variant's fields, since
+/// a `main` returning this error prints it with `{:?}`.
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_reads_as_the_advice() {
+        let e = ConfigError::var("OTEL_TRACES_SAMPLER_ARG", "half", "a ratio between 0.0 and 1.0");
+        let advice = "invalid value \"half\" for OTEL_TRACES_SAMPLER_ARG: expected a ratio between 0.0 and 1.0";
+        assert_eq!(e.to_string(), advice);
+        assert_eq!(format!("{e:?}"), advice);
+        let boxed: Box<dyn std::error::Error> = Box::new(e);
+        assert_eq!(format!("{boxed:?}"), advice);
+    }
+}

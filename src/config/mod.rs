@@ -83,7 +83,9 @@ impl std::fmt::Debug for HeaderNames<'_> {
 /// Which metric readers run (`OTEL_METRICS_EXPORTER`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MetricsConfig {
-    /// Requests are aggregated (any reader, or the builder's `metrics(true)`).
+    /// Requests are aggregated in the process (for `/metrics`, alerts, the
+    /// status page and the shutdown's drain): on unless the builder's
+    /// `metrics(false)`. `OTEL_METRICS_EXPORTER` chooses exporters only.
     pub(crate) enabled: bool,
     /// Metrics are pushed over OTLP (`otlp` in the list; the default).
     pub(crate) push: bool,
@@ -258,15 +260,18 @@ fn default_service_name() -> String {
 
 /// `OTEL_METRICS_EXPORTER`: a comma-separated list of `otlp` (the default),
 /// `prometheus` (pull: the endpoint of `Apm::metrics_router`) and `none`.
+/// It chooses exporters, as the OpenTelemetry specification defines it: `none`
+/// means no OTLP push. The in-process aggregation that `/metrics`, alerts, the
+/// status page and the shutdown's drain read is not an exporter and stays on;
+/// only `ApmBuilder::metrics(false)` turns it off.
 fn metrics(s: &Settings) -> Result<MetricsConfig, ConfigError> {
-    let (mut pull, mut push) = (false, true);
+    let mut push = true;
     if let Some(v) = s.env.get("OTEL_METRICS_EXPORTER") {
         push = false;
         for item in v.split(',').map(str::trim) {
             match item {
                 "otlp" => push = true,
-                "prometheus" => pull = true,
-                "none" => {}
+                "prometheus" | "none" => {}
                 _ => {
                     return Err(ConfigError::var(
                         "OTEL_METRICS_EXPORTER",
@@ -295,7 +300,7 @@ fn metrics(s: &Settings) -> Result<MetricsConfig, ConfigError> {
         }
     };
     Ok(MetricsConfig {
-        enabled: s.metrics.unwrap_or(pull || push),
+        enabled: s.metrics.unwrap_or(true),
         push,
         max_series,
         otlp: otlp_for(s, &METRICS)?,

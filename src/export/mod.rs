@@ -2,6 +2,7 @@
 //! background thread that sends batches to OTLP (or a user-supplied exporter).
 
 mod exporter;
+pub(crate) mod health;
 mod processor;
 mod queue;
 mod stats;
@@ -66,6 +67,7 @@ impl Pipeline {
         resource: Resource,
         batch: BatchConfig,
         redactor: crate::redact::Redactor,
+        health: Arc<health::CollectorHealth>,
     ) -> Result<Self, ConfigError> {
         let queue = Arc::new(SpanQueue::new(
             batch.max_queue_size,
@@ -73,7 +75,7 @@ impl Pipeline {
             batch.max_export_batch_size,
         ));
         let (tx, rx) = mpsc::unbounded_channel();
-        worker::spawn(spec, resource, batch, redactor, Arc::clone(&queue), rx)?;
+        worker::spawn(spec, resource, batch, redactor, Arc::clone(&queue), rx, health)?;
         Ok(Pipeline { queue, commands: tx })
     }
 

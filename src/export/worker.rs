@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ExportError;
 use super::exporter::{DynSpanExporter, ExporterSpec};
+use super::health::{CollectorHealth, Signal};
 use super::queue::{Item, SpanQueue};
 use crate::config::{BatchConfig, ConfigError};
 use crate::redact::{Redactor, scrub_userinfo};
@@ -33,7 +34,13 @@ pub(crate) fn spawn(
     redactor: Redactor,
     queue: Arc<SpanQueue>,
     commands: mpsc::UnboundedReceiver<Command>,
+    health: Arc<CollectorHealth>,
 ) -> Result<(), ConfigError> {
+    let endpoint = match &spec {
+        ExporterSpec::Otlp(cfg) => Some(cfg.endpoint.clone()),
+        ExporterSpec::Custom(_) => None,
+    };
+    health.register(Signal::Spans, endpoint.as_deref());
     super::spawn_export_thread(
         "tower-apm-export",
         move |rt| {
@@ -54,6 +61,8 @@ pub(crate) fn spawn(
                     spare: Vec::with_capacity(batch.max_export_batch_size),
                     warned_queue_full: false,
                     redactor,
+                    health,
+                    endpoint,
                 }
                 .run(commands),
             );
@@ -71,6 +80,10 @@ struct Worker {
     spare: Vec<Item>,
     warned_queue_full: bool,
     redactor: Redactor,
+    /// Where failures and recoveries are reported, one warning per outage.
+    health: Arc<CollectorHealth>,
+    /// The OTLP endpoint (`None`: a custom exporter).
+    endpoint: Option<String>,
 }
 
 impl Worker {
@@ -174,7 +187,7 @@ impl Worker {
                     .store(u64::try_from(now.as_millis()).unwrap_or(0), Ordering::Relaxed);
                 if self.failing {
                     self.failing = false;
-                    report(|| tracing::info!(target: "tower_apm", "span export recovered"));
+                    self.health.recovered(Signal::Spans, self.endpoint.as_deref());
                 }
             }
             Err(e) => {
@@ -182,15 +195,8 @@ impl Worker {
                 counters.failed_exports.fetch_add(1, Ordering::Relaxed);
                 if !self.failing {
                     self.failing = true;
-                    let msg = e.to_string();
-                    report(move || {
-                        tracing::warn!(
-                            target: "tower_apm",
-                            error = %msg,
-                            "span export failed; dropping spans until the collector answers \
-                             (counted in Apm::stats, no further warning until it recovers)"
-                        )
-                    });
+                    self.health
+                        .failed(Signal::Spans, self.endpoint.as_deref(), &e.to_string());
                 }
             }
         }

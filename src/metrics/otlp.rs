@@ -34,7 +34,7 @@ use super::process::{self, CpuUtilization, ProcessSample};
 use super::{DURATION_BOUNDS_S, Exemplar, HistogramSnapshot, Metrics, SIZE_BOUNDS, Series};
 use crate::config::{ConfigError, MetricsConfig, OtlpConfig, Protocol};
 use crate::export::ExportError;
-use crate::export::worker::report;
+use crate::export::health::{CollectorHealth, Signal};
 use crate::redact::{scrub_userinfo, url_for_display};
 
 enum Command {
@@ -58,7 +58,13 @@ pub(crate) struct Pusher {
 
 impl Pusher {
     /// Starts the push thread; returns once its transport exists (or failed).
-    pub(crate) fn start(metrics: Arc<Metrics>, resource: Resource, cfg: &MetricsConfig) -> Result<Pusher, ConfigError> {
+    pub(crate) fn start(
+        metrics: Arc<Metrics>,
+        resource: Resource,
+        cfg: &MetricsConfig,
+        health: Arc<CollectorHealth>,
+    ) -> Result<Pusher, ConfigError> {
+        health.register(Signal::Metrics, Some(&cfg.otlp.endpoint));
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(PushCounters::default());
         let worker = PushWorker {
@@ -70,6 +76,7 @@ impl Pusher {
             cpu: CpuUtilization::new(),
             counters: Arc::clone(&counters),
             failing: false,
+            health,
         };
         let (otlp, timeout) = (worker.otlp.clone(), worker.timeout);
         crate::export::spawn_export_thread(
@@ -197,6 +204,8 @@ struct PushWorker {
     cpu: CpuUtilization,
     counters: Arc<PushCounters>,
     failing: bool,
+    /// Where failures and recoveries are reported, one warning per outage.
+    health: Arc<CollectorHealth>,
 }
 
 impl PushWorker {
@@ -245,24 +254,15 @@ impl PushWorker {
                 self.counters.exported.fetch_add(1, Ordering::Relaxed);
                 if self.failing {
                     self.failing = false;
-                    report(|| tracing::info!(target: "tower_apm", "metric export recovered"));
+                    self.health.recovered(Signal::Metrics, Some(&self.otlp.endpoint));
                 }
             }
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 if !self.failing {
                     self.failing = true;
-                    let msg = e.to_string();
-                    let endpoint = self.otlp.endpoint_for_display().into_owned();
-                    report(move || {
-                        tracing::warn!(
-                            target: "tower_apm",
-                            error = %msg,
-                            endpoint = %endpoint,
-                            "metric export failed; the next push sends the cumulative totals again \
-                             (counted in Apm::stats, no further warning until it recovers)"
-                        )
-                    });
+                    self.health
+                        .failed(Signal::Metrics, Some(&self.otlp.endpoint), &e.to_string());
                 }
             }
         }
