@@ -326,9 +326,9 @@
 //!   `lettre` with rustls.
 //! - `postgres`: `db::postgres::Client`, a `tokio_postgres` client whose queries
 //!   are timed.
-//! - `interop`: tests against real servers (a real OpenTelemetry collector,
-//!   Prometheus and promtool, Alertmanager, an SMTP server, PostgreSQL, the W3C
-//!   trace-context suite); `.ci/run` installs them.
+//!
+//! (`_interop` is internal: it turns on this repository's tests against real
+//! servers that `.ci/interop-setup` installs. It adds nothing to the library.)
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -357,7 +357,7 @@ pub use alerts::{Alert, AlertState, DEFAULT_MIN_REQUESTS, Slo, Threshold};
 pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};
-pub use layer::client_addr::ForwardedHeader;
+pub use layer::client_addr::{ForwardedHeader, PeerAddr};
 pub use layer::{ApmLayer, ApmService, ResponseFuture};
 pub use logs::{JsonLayer, LogOutput, PanicHook, Rotation};
 pub use shutdown::{
