@@ -32,6 +32,26 @@
 //! Serving with `into_make_service_with_connect_info` gives the span its
 //! `client.address`; everything else needs nothing more.
 //!
+//! ## hyper
+//!
+//! Around a plain hyper service (hyper-util, no axum router) the layer needs two
+//! things axum's router would give it: a route function,
+//! [`ApmLayer::route_with`] (without one every span is named `GET` and every
+//! request lands in one metrics series), and the peer address, a [`PeerAddr`] in
+//! each request's extensions (without it there is no `client.address`). axum apps
+//! need neither: `MatchedPath` names the route and
+//! `into_make_service_with_connect_info` gives the `ConnectInfo` the layer reads
+//! first. `examples/hyper.rs` is a complete hyper server with both and a graceful
+//! shutdown ([`Shutdown::signal`] driving hyper-util's `GracefulShutdown`).
+//!
+//! axum stays a dependency of hyper apps too: the operator endpoints
+//! ([`Apm::metrics_router`], [`Apm::status_router`], [`Apm::alerts_router`],
+//! [`Shutdown::health_router`]) are axum `Router`s, which a hyper server serves
+//! as the tower services they are, or on their own port with
+//! [`Apm::serve_metrics`] and [`Apm::serve_status`]; the layer's response body
+//! is axum's `Body`; and what axum adds to the build beyond that is four small
+//! crates. The README's hyper section has the details.
+//!
 //! ## Tracing
 //!
 //! Each request becomes one SERVER span, named `{method} {route}` (`GET /users/{id}`,
