@@ -1,4 +1,4 @@
-//! Deterministic cost of the layer, in instructions (see BENCHMARKING.md):
+//! Deterministic cost of the layer, in instructions (see BENCHMARKING.md at the repository root):
 //! `instr <config> <N>` builds one configuration, warms it up, drives N requests
 //! one after another on a current-thread runtime, then shuts the export pipeline
 //! down so the export thread's work is counted too. Run it under

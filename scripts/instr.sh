@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per request for every configuration of benches/instr.rs, counted by
-# callgrind (all threads, the export thread included), as BENCHMARKING.md describes:
+# callgrind (all threads, the export thread included), as BENCHMARKING.md (at the repository root) describes:
 # each configuration runs at N1 and N2 requests and
 #   instructions/request = (Ir(N2) - Ir(N1)) / (N2 - N1)
 # so set-up and shut-down cancel out. `bare` is the baseline of bare/noop_layer/

@@ -107,6 +107,26 @@
 //! for; calling [`ApmBuilder::logs`] (to choose a file or stdout) also turns it
 //! on, as before, and `.access_log(false)` keeps it off then.
 //!
+//! ## hyper
+//!
+//! Around a plain hyper service (hyper-util, no axum router) the layer needs two
+//! things axum's router would give it: a route function,
+//! [`ApmLayer::route_with`] (without one every span is named `GET` and every
+//! request lands in one metrics series), and the peer address, a [`PeerAddr`] in
+//! each request's extensions (without it there is no `client.address`). axum apps
+//! need neither: `MatchedPath` names the route and
+//! `into_make_service_with_connect_info` gives the `ConnectInfo` the layer reads
+//! first. `examples/hyper.rs` is a complete hyper server with both and a graceful
+//! shutdown ([`Shutdown::signal`] driving hyper-util's `GracefulShutdown`).
+//!
+//! axum stays a dependency of hyper apps too: the operator endpoints
+//! ([`Apm::metrics_router`], [`Apm::status_router`], [`Apm::alerts_router`],
+//! [`Shutdown::health_router`]) are axum `Router`s, which a hyper server serves
+//! as the tower services they are, or on their own port with
+//! [`Apm::serve_metrics`] and [`Apm::serve_status`]; the layer's response body
+//! is axum's `Body`; and what axum adds to the build beyond that is four small
+//! crates. The README's hyper section has the details.
+//!
 //! ## Tracing
 //!
 //! Each request becomes one SERVER span, named `{method} {route}` (`GET /users/{id}`,
@@ -411,9 +431,9 @@
 //!   `lettre` with rustls.
 //! - `postgres`: `db::postgres::Client`, a `tokio_postgres` client whose queries
 //!   are timed.
-//! - `interop`: tests against real servers (a real OpenTelemetry collector,
-//!   Prometheus and promtool, Alertmanager, an SMTP server, PostgreSQL, the W3C
-//!   trace-context suite); `.ci/run` installs them.
+//!
+//! (`_interop` is internal: it turns on this repository's tests against real
+//! servers that `.ci/interop-setup` installs. It adds nothing to the library.)
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -442,7 +462,7 @@ pub use alerts::{Alert, AlertState, DEFAULT_MIN_REQUESTS, Slo, Threshold};
 pub use apm::{Apm, ApmBuilder};
 pub use config::{ConfigError, Protocol};
 pub use export::{ExportError, TelemetryStats};
-pub use layer::client_addr::ForwardedHeader;
+pub use layer::client_addr::{ForwardedHeader, PeerAddr};
 pub use layer::{ApmLayer, ApmService, ResponseFuture};
 pub use logs::{JsonLayer, LogOutput, PanicHook, Rotation};
 pub use shutdown::{

@@ -6,7 +6,7 @@
 //! and by email through a real SMTP server (`aiosmtpd`). The same alerts also go
 //! straight to the webhook receiver through `Notifier::webhook`.
 
-#![cfg(feature = "interop")]
+#![cfg(feature = "_interop")]
 
 #[path = "support/smtp.rs"]
 mod smtp;

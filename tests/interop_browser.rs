@@ -9,7 +9,7 @@
 //! allowed by its hash). A
 //! screenshot is saved as `target/status-page.png` for people to look at.
 
-#![cfg(feature = "interop")]
+#![cfg(feature = "_interop")]
 
 mod support;
 

@@ -4,7 +4,7 @@
 //! message follows. (Plain SMTP on loopback; STARTTLS and TLS go through the same
 //! `lettre` transport with rustls.)
 
-#![cfg(all(feature = "interop", feature = "email"))]
+#![cfg(all(feature = "_interop", feature = "email"))]
 
 #[path = "support/smtp.rs"]
 mod smtp;

@@ -6,7 +6,7 @@
 //! `Forwarded` and `X-Real-IP` values is still seen as itself, in the access
 //! log and the security events, and its brute force is detected.
 
-#![cfg(all(unix, feature = "interop"))]
+#![cfg(all(unix, feature = "_interop"))]
 
 mod support;
 

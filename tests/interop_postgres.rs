@@ -7,7 +7,7 @@
 //! failing query carries its SQLSTATE as `error.type`; the metrics hold the
 //! durations per operation and table.
 
-#![cfg(all(feature = "interop", feature = "postgres"))]
+#![cfg(all(feature = "_interop", feature = "postgres"))]
 
 #[path = "support/postgres.rs"]
 mod pg;

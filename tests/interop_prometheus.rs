@@ -6,7 +6,7 @@
 //!
 //! One server for the whole file: its first scrape comes about 5 s after start.
 
-#![cfg(feature = "interop")]
+#![cfg(feature = "_interop")]
 
 #[path = "support/prometheus.rs"]
 mod prometheus;

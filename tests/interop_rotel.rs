@@ -3,7 +3,7 @@
 //! spans must arrive intact. `.ci/interop-setup` installs rotel and sets
 //! `TOWER_APM_ROTEL`.
 
-#![cfg(feature = "interop")]
+#![cfg(feature = "_interop")]
 
 mod support;
 

@@ -387,7 +387,7 @@ mod tests {
 /// The rules file against a real Prometheus rule engine (`promtool test rules`,
 /// from the Debian package `.ci/interop-setup` installs): the same input series
 /// make Prometheus fire exactly when the in-process engine fires.
-#[cfg(all(test, feature = "interop"))]
+#[cfg(all(test, feature = "_interop"))]
 mod promtool {
     use std::fmt::Write as _;
     use std::sync::Arc;

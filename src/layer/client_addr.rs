@@ -17,8 +17,12 @@
 //!
 //! From a peer that is not a trusted proxy every forwarding header is a claim:
 //! the peer is the client.
+//!
+//! The peer itself comes from the request's extensions: axum's
+//! `ConnectInfo<SocketAddr>` (`into_make_service_with_connect_info`), else
+//! [`PeerAddr`], which a hyper server inserts per connection.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName};
 
@@ -27,6 +31,41 @@ use crate::trace::propagation::{FORWARDING_FORWARDED, FORWARDING_REAL_IP, FORWAR
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The address of the connection's peer, as a request extension: what a server
+/// without axum's `ConnectInfo` gives the layer so spans, access lines and the
+/// security detectors have the client's address (`client.address`).
+///
+/// axum apps need nothing: serving with
+/// `into_make_service_with_connect_info::<SocketAddr>()` inserts `ConnectInfo`,
+/// which the layer reads first. A hyper server knows the peer when it accepts the
+/// connection and inserts it into each request before the layer sees it:
+///
+/// ```
+/// # use std::net::SocketAddr;
+/// # fn per_connection<S>(apm: &tower_apm::Apm, peer: SocketAddr, app: S) {
+/// use tower::ServiceBuilder;
+/// let svc = ServiceBuilder::new()
+///     .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+///         req.extensions_mut().insert(tower_apm::PeerAddr(peer));
+///         req
+///     })
+///     .layer(apm.layer())
+///     .service(app);
+/// # }
+/// ```
+///
+/// Behind a trusted proxy the peer is the proxy; see
+/// [`ApmBuilder::trusted_proxies`](crate::ApmBuilder::trusted_proxies) for how the
+/// client's address is then read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        PeerAddr(addr)
+    }
+}
 
 /// The header a trusted proxy writes the client's address into
 /// ([`ApmBuilder::forwarded_header`](crate::ApmBuilder::forwarded_header)).

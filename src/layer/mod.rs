@@ -125,7 +125,14 @@ type RouteFn = Arc<dyn Fn(&Method, &Uri) -> Option<&'static str> + Send + Sync>;
 /// from axum's `MatchedPath`, which axum provides to layers added with
 /// `Router::layer` or `Router::route_layer`. Around a plain hyper service, give a
 /// route function with [`ApmLayer::route_with`]. Without a route the span is named
-/// by the method alone: a raw path never becomes a span name.
+/// by the method alone (and every request shares one metrics series): a raw path
+/// never becomes a span name.
+///
+/// The client's address (`client.address`, the access log, the security
+/// detectors) comes from axum's `ConnectInfo<SocketAddr>` (serve with
+/// `into_make_service_with_connect_info`), else from a
+/// [`PeerAddr`](crate::PeerAddr) extension, which a hyper server inserts per
+/// connection. `examples/hyper.rs` shows both for hyper.
 #[derive(Clone)]
 pub struct ApmLayer {
     pub(crate) shared: Arc<Shared>,
@@ -143,8 +150,11 @@ impl std::fmt::Debug for ApmLayer {
 
 impl ApmLayer {
     /// Sets the function that maps a request to its route template, for services
-    /// without axum's router. It must return a template (`"/users/{id}"`), never the
-    /// raw path, and `None` when no route matches.
+    /// without axum's router (plain hyper: see `examples/hyper.rs`). It must return
+    /// a template (`"/users/{id}"`), never the raw path, and `None` when no route
+    /// matches. The template names the span (`GET /users/{id}`), is its
+    /// `http.route`, and keys the request metrics. When set, it is used instead of
+    /// axum's `MatchedPath`.
     ///
     /// ```
     /// # fn demo(apm: &tower_apm::Apm) {

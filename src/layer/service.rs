@@ -9,6 +9,7 @@ use http::{Request, Response};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceState};
 use opentelemetry_sdk::trace::IdGenerator;
 
+use super::client_addr::PeerAddr;
 use super::future::ResponseFuture;
 use super::in_flight::InFlight;
 use super::{RouteFn, Shared};
@@ -72,7 +73,12 @@ impl<S> ApmService<S> {
         };
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+        // axum's `ConnectInfo` first (one lookup, as before), then ours: a second
+        // lookup only for servers that do not insert `ConnectInfo`.
+        let peer = match req.extensions().get::<ConnectInfo<std::net::SocketAddr>>() {
+            Some(c) => Some(c.0),
+            None => req.extensions().get::<PeerAddr>().map(|p| p.0),
+        };
         let trusted = &self.shared.trusted_proxies;
         let mut forwarded_client = None;
         let mut claimed_forwarded = None;

@@ -3,7 +3,7 @@
 //!
 //! `traceparent` is parsed by hand, straight from the header bytes: the SDK's
 //! `TraceContextPropagator` splits the header into a `Vec` of owned parts and costs
-//! about 3,500 instructions per request (`shared/BENCHMARKING.md`), over this
+//! about 3,500 instructions per request (measured as `BENCHMARKING.md` describes), over this
 //! crate's budget of 1,000 for an incoming `traceparent`. Baggage, which is rare on
 //! the hot path, goes through the SDK's `BaggagePropagator`.
 

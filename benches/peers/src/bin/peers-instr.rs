@@ -1,5 +1,5 @@
 //! Deterministic cost of each configuration of `tower_apm_peers`, in instructions
-//! (see BENCHMARKING.md): `peers-instr <config> <N>` builds one configuration (its
+//! (see BENCHMARKING.md at the repository root): `peers-instr <config> <N>` builds one configuration (its
 //! subscriber and providers installed globally, as an application would), warms it
 //! up, drives N requests one after another on a current-thread runtime, then shuts
 //! the export pipeline down so its work is counted too. `scripts/instr.sh --peers`
