@@ -118,6 +118,24 @@ impl Apm {
         }
     }
 
+    /// The `reqwest` middleware for outgoing calls (feature `reqwest`): the
+    /// same CLIENT span, headers and `http.client.request.duration` as
+    /// [`Apm::client_layer`], for a `reqwest_middleware::ClientWithMiddleware`.
+    ///
+    /// ```no_run
+    /// # fn demo(apm: &tower_apm::Apm) {
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(apm.reqwest_middleware())
+    ///     .build();
+    /// # }
+    /// ```
+    #[cfg(feature = "reqwest")]
+    pub fn reqwest_middleware(&self) -> crate::ReqwestMiddleware {
+        crate::ReqwestMiddleware {
+            shared: Arc::clone(&self.inner.shared),
+        }
+    }
+
     /// An OpenTelemetry tracer whose spans go through the same queue and exporter
     /// as the layer's, for use with `tracing-opentelemetry` or directly.
     pub fn tracer(&self) -> SdkTracer {

@@ -364,4 +364,6 @@ pub use shutdown::{
     EXIT_CLEANUP_TIMEOUT, EXIT_DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, EXIT_SECOND_SIGNAL, Phase, Shutdown, ShutdownBody,
     ShutdownBuilder, ShutdownFuture, ShutdownLayer, ShutdownService, Worker,
 };
+#[cfg(feature = "reqwest")]
+pub use trace::ReqwestMiddleware;
 pub use trace::{ClientFuture, ClientLayer, ClientService, Sampler};

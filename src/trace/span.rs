@@ -171,6 +171,15 @@ pub(crate) fn protocol_version(v: Version) -> &'static str {
     }
 }
 
+/// `server.port` of an outgoing call: the URL's port, else its scheme's default.
+pub(crate) fn server_port(uri: &http::Uri) -> Option<u16> {
+    uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
+}
+
 /// Splits `host[:port]` (IPv6 in brackets) as sent in `Host` or the URI authority.
 pub(crate) fn split_host_port(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -420,12 +429,7 @@ impl SpanBuilder {
         if let Some(host) = r.uri.host() {
             attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
         }
-        let port = r.uri.port_u16().or(match r.uri.scheme_str() {
-            Some("https") => Some(443),
-            Some("http") => Some(80),
-            _ => None,
-        });
-        if let Some(port) = port {
+        if let Some(port) = server_port(&r.uri) {
             attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
         }
         attrs.push(KeyValue::new(semconv::URL_FULL, full_url(&r.uri)));
