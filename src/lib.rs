@@ -366,4 +366,19 @@ pub use shutdown::{
 };
 #[cfg(feature = "reqwest")]
 pub use trace::ReqwestMiddleware;
+
+// The crates whose types the public API takes or returns, at the versions this
+// crate is built with: use them through these paths and the versions always match.
+pub use opentelemetry;
+#[cfg(feature = "otlp-logs")]
+pub use opentelemetry_appender_tracing;
+pub use opentelemetry_sdk;
+#[cfg(feature = "reqwest")]
+pub use reqwest;
+#[cfg(feature = "reqwest")]
+pub use reqwest_middleware;
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
 pub use trace::{ClientFuture, ClientLayer, ClientService, Sampler};
+pub use tracing_opentelemetry;
+pub use tracing_subscriber;

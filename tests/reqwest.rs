@@ -1,9 +1,10 @@
 //! The `reqwest` middleware (feature `reqwest`) as users meet it: two real
 //! processes of `examples/reqwest_chain.rs` calling each other make one trace,
 //! received by the OTLP receiver; the CLIENT span is the same as the client
-//! layer's; failures carry `error.type`; and both clients are counted in
-//! `http.client.request.duration`, in Prometheus and OTLP. Every wait awaits an
-//! event (a line, a response, an export, an exit), bounded by a timeout.
+//! layer's; failures carry `error.type`; and the calls are counted in
+//! `http.client.request.duration` over OTLP (Prometheus: `tests/client_metrics.rs`).
+//! Every wait awaits an event (a line, a response, an export, an exit), bounded
+//! by a timeout.
 
 #![cfg(feature = "reqwest")]
 
@@ -15,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -331,61 +331,4 @@ async fn a_timed_out_call_is_a_timeout_and_a_dropped_call_is_cancelled() {
     };
     assert_eq!(by_path("t").str_attr("error.type").as_deref(), Some("timeout"));
     assert_eq!(by_path("c").str_attr("error.type").as_deref(), Some("cancelled"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_clients_are_counted_in_http_client_request_duration_seconds() {
-    let apm = tower_apm::Apm::builder()
-        .environment([
-            ("OTEL_TRACES_EXPORTER", "none"),
-            ("OTEL_METRICS_EXPORTER", "prometheus"),
-        ])
-        .build()
-        .unwrap();
-    let server = tower_apm::Apm::builder()
-        .environment([("OTEL_TRACES_EXPORTER", "none"), ("OTEL_METRICS_EXPORTER", "none")])
-        .build()
-        .unwrap();
-    let base = serve_ok_fail(server.layer(), Router::new()).await;
-    let port = base.rsplit(':').next().unwrap().to_owned();
-
-    let client = reqwest_client(&apm, None);
-    client.get(format!("{base}/ok")).send().await.unwrap();
-    client.get(format!("{base}/fail")).send().await.unwrap();
-    let layered = ServiceBuilder::new()
-        .layer(apm.client_layer())
-        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
-    let req = Request::get(format!("{base}/ok")).body(Empty::new()).unwrap();
-    layered.oneshot(req).await.unwrap();
-
-    let res = apm
-        .metrics_router()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(
-        text.contains("# TYPE http_client_request_duration_seconds histogram\n"),
-        "{text}"
-    );
-    let ok = format!(
-        "http_client_request_duration_seconds_count{{http_request_method=\"GET\",server_address=\"127.0.0.1\",\
-         server_port=\"{port}\",http_response_status_code=\"200\",url_scheme=\"http\",network_protocol_version=\"1.1\"}} 2\n"
-    );
-    assert!(
-        text.contains(&ok),
-        "one series for both clients, counted twice:\n{text}"
-    );
-    let fail = format!(
-        "http_client_request_duration_seconds_count{{http_request_method=\"GET\",server_address=\"127.0.0.1\",\
-         server_port=\"{port}\",http_response_status_code=\"500\",error_type=\"500\",url_scheme=\"http\",\
-         network_protocol_version=\"1.1\"}} 1\n"
-    );
-    assert!(text.contains(&fail), "{text}");
-    assert!(
-        text.contains("http_client_request_duration_seconds_bucket{") && text.contains(",le=\"0.005\"} "),
-        "{text}"
-    );
-    // The server's own histogram is untouched by the client calls.
-    assert!(!text.contains("http_server_request_duration_seconds_count{"), "{text}");
 }
