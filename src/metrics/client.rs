@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use super::{DURATION_BOUNDS_NS, Histogram, IdentityHasher, METHODS, method_slot};
 use crate::record::ClientRecord;
-use crate::trace::span::{protocol_version, server_port};
+use crate::trace::span::{protocol_version, server_of};
 
 /// The attributes of one series, in semantic-convention terms.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,10 +49,11 @@ impl<'a> Key<'a> {
             Some(_) => Some("_OTHER"),
             None => None,
         };
+        let (server_address, server_port) = server_of(&r.uri);
         Key {
             method: METHODS[method_slot(&r.method)],
-            server_address: r.uri.host(),
-            server_port: server_port(&r.uri),
+            server_address,
+            server_port,
             status: r.status,
             error_type: r.error_type,
             scheme,
