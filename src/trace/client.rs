@@ -98,6 +98,7 @@ impl ClientInFlight {
     }
 
     /// The protocol version the response came with.
+    #[cfg(feature = "reqwest")]
     pub(crate) fn set_version(&mut self, version: Version) {
         self.record.version = version;
     }
