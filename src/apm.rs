@@ -120,6 +120,24 @@ impl Apm {
         }
     }
 
+    /// The `reqwest` middleware for outgoing calls (feature `reqwest`): the
+    /// same CLIENT span, headers and `http.client.request.duration` as
+    /// [`Apm::client_layer`], for a `reqwest_middleware::ClientWithMiddleware`.
+    ///
+    /// ```no_run
+    /// # fn demo(apm: &tower_apm::Apm) {
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(apm.reqwest_middleware())
+    ///     .build();
+    /// # }
+    /// ```
+    #[cfg(feature = "reqwest")]
+    pub fn reqwest_middleware(&self) -> crate::ReqwestMiddleware {
+        crate::ReqwestMiddleware {
+            shared: Arc::clone(&self.inner.shared),
+        }
+    }
+
     /// An OpenTelemetry tracer whose spans go through the same queue and exporter
     /// as the layer's, for use with `tracing-opentelemetry` or directly.
     pub fn tracer(&self) -> SdkTracer {
@@ -143,7 +161,8 @@ impl Apm {
 
     /// Installs a global `tracing` subscriber: human-readable lines on stdout
     /// filtered by `RUST_LOG` (default `info`), plus [`Apm::tracing_layer`]; and
-    /// installs [`Apm::tracer_provider`] as the global OpenTelemetry provider.
+    /// installs [`Apm::tracer_provider`] as the global OpenTelemetry provider
+    /// and [`Apm::text_map_propagator`] as the global propagator.
     ///
     /// # Errors
     /// `RUST_LOG` does not parse, or a global subscriber is already installed.
@@ -156,9 +175,28 @@ impl Apm {
             .with(self.tracing_layer())
             .try_init()
             .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
-        opentelemetry::global::set_tracer_provider(self.tracer_provider());
-        self.install_panic_hook();
+        self.install_globals();
         Ok(())
+    }
+
+    /// The global OpenTelemetry tracer provider and text-map propagator, and
+    /// the panic hook: what both `init_*` functions install besides their
+    /// subscriber.
+    fn install_globals(&self) {
+        opentelemetry::global::set_tracer_provider(self.tracer_provider());
+        opentelemetry::global::set_text_map_propagator(self.text_map_propagator());
+        self.install_panic_hook();
+    }
+
+    /// An OpenTelemetry propagator for the formats `OTEL_PROPAGATORS` selects
+    /// (W3C Trace Context and W3C Baggage by default; an empty composite for
+    /// `none`), the ones the layers read and write. [`Apm::init_tracing`] and
+    /// [`Apm::init_logging`] install it with
+    /// `opentelemetry::global::set_text_map_propagator`, so libraries that
+    /// propagate through `opentelemetry::global` send the same headers; install
+    /// it yourself when you compose your own subscriber.
+    pub fn text_map_propagator(&self) -> opentelemetry::propagation::TextMapCompositePropagator {
+        crate::trace::propagation::text_map_propagator(self.inner.shared.propagation)
     }
 
     /// The Prometheus endpoint, `GET /metrics`, to merge into the application's
@@ -258,7 +296,8 @@ impl Apm {
     /// Installs a global `tracing` subscriber that writes JSON lines
     /// ([`Apm::logging_layer`]) filtered by `RUST_LOG` (default `info`), plus
     /// [`Apm::tracing_layer`], and installs [`Apm::tracer_provider`] as the
-    /// global OpenTelemetry provider.
+    /// global OpenTelemetry provider and [`Apm::text_map_propagator`] as the
+    /// global propagator.
     ///
     /// # Errors
     /// `RUST_LOG` does not parse, or a global subscriber is already installed.
@@ -274,8 +313,7 @@ impl Apm {
         registry
             .try_init()
             .map_err(|e| ConfigError::Subscriber(e.to_string()))?;
-        opentelemetry::global::set_tracer_provider(self.tracer_provider());
-        self.install_panic_hook();
+        self.install_globals();
         Ok(())
     }
 

@@ -141,8 +141,9 @@
 //! context, so:
 //! - `tracing` spans (and `#[tracing::instrument]` functions) become its children
 //!   when the subscriber includes [`Apm::tracing_layer`];
-//! - [`Apm::client_layer`] on an outgoing HTTP client makes a CLIENT span under it
-//!   and sends `traceparent`, so the next service continues the same trace.
+//! - [`Apm::client_layer`] on an outgoing HTTP client (or, feature `reqwest`,
+//!   `Apm::reqwest_middleware` on a `reqwest` client) makes a CLIENT span under
+//!   it and sends `traceparent`, so the next service continues the same trace.
 //!
 //! Work spawned with `tokio::spawn` does not inherit a context by itself: wrap the
 //! future with `opentelemetry::context::FutureExt::with_current_context` (or
@@ -161,7 +162,36 @@
 //! headers) starts a new root trace and is never passed on. `tracestate` with more
 //! than 32 members, a duplicated key or a malformed member is dropped.
 //! `OTEL_PROPAGATORS` selects `tracecontext`, `baggage` (the default is both) or
-//! `none`.
+//! `none`. [`Apm::init_tracing`] and [`Apm::init_logging`] install the same
+//! choice as the global OpenTelemetry propagator ([`Apm::text_map_propagator`]),
+//! so a library that injects through `opentelemetry::global` sends the same
+//! headers.
+//!
+//! ## Outgoing calls with reqwest
+//!
+//! With the `reqwest` feature, `Apm::reqwest_middleware` is a
+//! `reqwest_middleware::Middleware` (reqwest 0.12, reqwest-middleware 0.4): each
+//! call made through a `ClientWithMiddleware` is a CLIENT span under the
+//! current span with the same attributes as [`ClientLayer`]'s (`error.type` is
+//! the status for 4xx and 5xx, `timeout`, `_OTHER` or `cancelled`), sends
+//! `traceparent`/`tracestate`/`baggage`, and is counted in
+//! `http.client.request.duration`. `examples/reqwest_chain.rs` shows a service
+//! calling the next one.
+//!
+//! ```ignore
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(apm.reqwest_middleware())
+//!     .build();
+//! let res = client.get("http://inventory.internal/items/7").send().await?;
+//! ```
+//!
+//! ## Versions
+//!
+//! The crates the public API takes or returns are re-exported at the versions
+//! this crate is built with: [`opentelemetry`] (0.33), [`opentelemetry_sdk`]
+//! (0.33), [`tracing_opentelemetry`] (0.34), [`tracing_subscriber`] (0.3), and
+//! with their features `reqwest` (0.12), `reqwest_middleware` (0.4),
+//! `tokio_postgres` (0.7) and `opentelemetry_appender_tracing` (0.33).
 //!
 //! ## Export
 //!
@@ -182,6 +212,11 @@
 //!   `http.server.response.body.size` (bytes sent);
 //! - `http.server.active_requests` (by method and scheme; a request the client
 //!   abandons leaves it, with `error.type = "cancelled"` in the histograms);
+//! - `http.client.request.duration` (histogram, seconds, the same buckets) for
+//!   the calls made through [`Apm::client_layer`] or `Apm::reqwest_middleware`,
+//!   with `http.request.method`, `server.address`, `server.port`,
+//!   `http.response.status_code`, `error.type`, `url.scheme` and
+//!   `network.protocol.version`;
 //! - `process.cpu.time`, `process.cpu.utilization`, `process.memory.usage`,
 //!   `process.memory.virtual`, open file descriptors and threads (Linux).
 //!
@@ -411,7 +446,8 @@
 //!
 //! - [`Apm`] / [`ApmBuilder`]: the handle and its configuration.
 //! - [`ApmLayer`]: the server layer ([`ApmService`], [`ResponseFuture`]).
-//! - [`ClientLayer`]: the client layer for outgoing calls.
+//! - [`ClientLayer`]: the client layer for outgoing calls (and, feature
+//!   `reqwest`, `ReqwestMiddleware`).
 //! - [`JsonLayer`], [`LogOutput`], [`Rotation`]: structured logs.
 //! - [`Alert`], [`Slo`], [`Notifier`], [`AlertState`], [`Threshold`]: alerts and SLOs.
 //! - [`db`]: database query timing.
@@ -431,6 +467,9 @@
 //!   `lettre` with rustls.
 //! - `postgres`: `db::postgres::Client`, a `tokio_postgres` client whose queries
 //!   are timed.
+//! - `reqwest`: `Apm::reqwest_middleware`, the `ReqwestMiddleware` for
+//!   `reqwest` 0.12 through `reqwest-middleware` 0.4 (no `reqwest` feature is
+//!   turned on: TLS and the rest come from your own `reqwest` dependency).
 //!
 //! (`_interop` is internal: it turns on this repository's tests against real
 //! servers that `.ci/interop-setup` installs. It adds nothing to the library.)
@@ -469,4 +508,21 @@ pub use shutdown::{
     EXIT_CLEANUP_TIMEOUT, EXIT_DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, EXIT_SECOND_SIGNAL, Phase, Shutdown, ShutdownBody,
     ShutdownBuilder, ShutdownFuture, ShutdownLayer, ShutdownService, Worker,
 };
+#[cfg(feature = "reqwest")]
+pub use trace::ReqwestMiddleware;
+
+// The crates whose types the public API takes or returns, at the versions this
+// crate is built with: use them through these paths and the versions always match.
+pub use opentelemetry;
+#[cfg(feature = "otlp-logs")]
+pub use opentelemetry_appender_tracing;
+pub use opentelemetry_sdk;
+#[cfg(feature = "reqwest")]
+pub use reqwest;
+#[cfg(feature = "reqwest")]
+pub use reqwest_middleware;
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
 pub use trace::{ClientFuture, ClientLayer, ClientService, Sampler};
+pub use tracing_opentelemetry;
+pub use tracing_subscriber;

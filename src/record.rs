@@ -368,7 +368,12 @@ impl Recorder {
         }
     }
 
+    /// An outgoing call ended: `http.client.request.duration`, and its span
+    /// when sampled.
     pub(crate) fn finish_client(&self, record: Box<ClientRecord>) {
+        if let Some(m) = &self.metrics {
+            m.client.record(&record);
+        }
         if let Some(queue) = &self.spans {
             if record.span.is_sampled() {
                 queue.push(Item::Client(record));

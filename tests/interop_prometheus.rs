@@ -83,6 +83,25 @@ async fn promtool_accepts_the_text_format_with_every_metric_family() {
         .query("INSERT", Some("orders"))
         .run(async { Err::<(), _>(std::io::Error::other("refused")) })
         .await;
+    // Outgoing calls too, through the client layer (and the reqwest middleware).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let downstream = format!("http://{}/users/1", listener.local_addr().unwrap());
+    let server = app.clone();
+    tokio::spawn(async move { axum::serve(listener, server).await.unwrap() });
+    let client = tower::ServiceBuilder::new().layer(apm.client_layer()).service(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>(),
+    );
+    let req = Request::get(&downstream).body(http_body_util::Empty::new()).unwrap();
+    client.oneshot(req).await.unwrap();
+    #[cfg(feature = "reqwest")]
+    reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(apm.reqwest_middleware())
+        .build()
+        .get(&downstream)
+        .send()
+        .await
+        .unwrap();
     let res = apm
         .metrics_router()
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
@@ -90,6 +109,7 @@ async fn promtool_accepts_the_text_format_with_every_metric_family() {
         .unwrap();
     let text = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("http_server_request_duration_seconds_bucket{"), "{text}");
+    assert!(text.contains("http_client_request_duration_seconds_bucket{"), "{text}");
     assert!(text.contains("process_cpu_time_seconds_total{"), "{text}");
     assert!(text.contains("db_client_operation_duration_seconds_bucket{"), "{text}");
     assert!(text.contains("tower_apm_db_slow_queries_total{"), "{text}");

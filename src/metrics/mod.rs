@@ -18,6 +18,7 @@
 //! overflow series (`otel.metric.overflow="true"`, as the OpenTelemetry SDKs do),
 //! and counts those requests.
 
+pub(crate) mod client;
 pub(crate) mod db;
 pub(crate) mod otlp;
 pub(crate) mod process;
@@ -36,7 +37,7 @@ use crate::record::RequestRecord;
 use crate::trace::span::protocol_version;
 
 /// The bucket boundaries (seconds) the HTTP semantic conventions advise for
-/// `http.server.request.duration`.
+/// `http.server.request.duration` and `http.client.request.duration`.
 pub(crate) const DURATION_BOUNDS_S: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
@@ -277,6 +278,8 @@ pub(crate) struct Metrics {
     pub(crate) cpu: process::CpuUtilization,
     /// `db.client.operation.duration` and the slow queries.
     pub(crate) db: db::DbMetrics,
+    /// `http.client.request.duration` of the outgoing calls.
+    pub(crate) client: client::ClientMetrics,
 }
 
 /// `SeriesMap` with a `Debug` that prints its size, not every series.
@@ -311,6 +314,7 @@ impl Metrics {
             start: SystemTime::now(),
             cpu: process::CpuUtilization::new(),
             db: db::DbMetrics::new(max_series),
+            client: client::ClientMetrics::new(max_series),
         }
     }
 

@@ -29,6 +29,7 @@ use opentelemetry_semantic_conventions::{attribute as semconv, metric as names};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
+use super::client::ClientSeries;
 use super::db::{DB_BOUNDS_S, DbSeries};
 use super::process::{self, CpuUtilization, ProcessSample};
 use super::{DURATION_BOUNDS_S, Exemplar, HistogramSnapshot, Metrics, SIZE_BOUNDS, Series};
@@ -357,6 +358,36 @@ fn db_attributes(s: &DbSeries) -> Vec<KeyValue> {
     out
 }
 
+/// The attributes of an outgoing-call series, as the HTTP semantic
+/// conventions name them.
+fn client_attributes(s: &ClientSeries) -> Vec<KeyValue> {
+    let a = &s.attrs;
+    if a.overflow {
+        return vec![kv("otel.metric.overflow", any_value::Value::BoolValue(true))];
+    }
+    let mut out = vec![kv_str(semconv::HTTP_REQUEST_METHOD, a.method)];
+    if let Some(host) = &a.server_address {
+        out.push(kv_str(semconv::SERVER_ADDRESS, host));
+    }
+    if let Some(port) = a.server_port {
+        out.push(kv(semconv::SERVER_PORT, any_value::Value::IntValue(i64::from(port))));
+    }
+    if let Some(status) = a.status {
+        out.push(kv(
+            semconv::HTTP_RESPONSE_STATUS_CODE,
+            any_value::Value::IntValue(i64::from(status)),
+        ));
+    }
+    if let Some(e) = a.error_type {
+        out.push(kv_str(semconv::ERROR_TYPE, e));
+    }
+    if let Some(scheme) = a.scheme {
+        out.push(kv_str(semconv::URL_SCHEME, scheme));
+    }
+    out.push(kv_str(semconv::NETWORK_PROTOCOL_VERSION, a.version));
+    out
+}
+
 struct Times {
     start: u64,
     now: u64,
@@ -504,6 +535,32 @@ pub(crate) fn encode(
             "Database queries slower than their threshold.",
             "{query}",
             sum(slow, true),
+        ));
+    }
+    let client = metrics.client.series();
+    if !client.is_empty() {
+        let bounds = DURATION_BOUNDS_S.to_vec();
+        let points = client
+            .iter()
+            .map(|s| {
+                histogram_point(
+                    client_attributes(s),
+                    &s.duration.snapshot(),
+                    bounds.clone(),
+                    1e9,
+                    &[],
+                    &t,
+                )
+            })
+            .collect();
+        out.push(metric(
+            names::HTTP_CLIENT_REQUEST_DURATION,
+            "Duration of HTTP client requests.",
+            "s",
+            metric::Data::Histogram(ProtoHistogram {
+                data_points: points,
+                aggregation_temporality: cumulative,
+            }),
         ));
     }
     let active = metrics

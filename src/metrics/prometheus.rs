@@ -18,6 +18,7 @@ use axum::routing::get;
 use opentelemetry_sdk::Resource;
 use opentelemetry_semantic_conventions::{attribute as semconv, metric as names};
 
+use super::client::ClientSeries;
 use super::db::{DB_BOUNDS_S, DbSeries};
 use super::process::ProcessSample;
 use super::{DURATION_BOUNDS_S, Exemplar, HistogramSnapshot, Metrics, SIZE_BOUNDS, Series};
@@ -291,6 +292,44 @@ fn database(w: &mut Writer, metrics: &Metrics) {
     }
 }
 
+/// The labels of an outgoing-call series, in semantic-convention names.
+fn client_labels(s: &ClientSeries) -> Vec<(&'static str, String)> {
+    let a = &s.attrs;
+    if a.overflow {
+        return vec![("otel_metric_overflow", "true".into())];
+    }
+    let mut l = vec![("http_request_method", a.method.to_owned())];
+    if let Some(host) = &a.server_address {
+        l.push(("server_address", host.to_string()));
+    }
+    if let Some(port) = a.server_port {
+        l.push(("server_port", port.to_string()));
+    }
+    if let Some(status) = a.status {
+        l.push(("http_response_status_code", status.to_string()));
+    }
+    if let Some(e) = a.error_type {
+        l.push(("error_type", e.to_owned()));
+    }
+    if let Some(scheme) = a.scheme {
+        l.push(("url_scheme", scheme.to_owned()));
+    }
+    l.push(("network_protocol_version", a.version.to_owned()));
+    l
+}
+
+/// `http.client.request.duration`, when an outgoing call was made.
+fn client(w: &mut Writer, metrics: &Metrics) {
+    let series = metrics.client.series();
+    if series.is_empty() {
+        return;
+    }
+    let name = prom_name(names::HTTP_CLIENT_REQUEST_DURATION, "seconds");
+    w.family(&name, "histogram", "seconds", "Duration of HTTP client requests.");
+    let points = series.iter().map(|s| (client_labels(s), s.duration.snapshot(), None));
+    histogram_points(w, &name, &DURATION_BOUNDS_S, 1e9, points);
+}
+
 /// Writes every metric in `format`.
 pub(crate) fn render(scrape: &Scrape<'_>, format: Format) -> String {
     let mut w = Writer {
@@ -363,6 +402,7 @@ pub(crate) fn render(scrape: &Scrape<'_>, format: Format) -> String {
     );
 
     database(&mut w, scrape.metrics);
+    client(&mut w, scrape.metrics);
 
     let active = prom_name(names::HTTP_SERVER_ACTIVE_REQUESTS, "");
     w.family(&active, "gauge", "", "Number of active HTTP server requests.");

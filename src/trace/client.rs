@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 
@@ -58,18 +58,58 @@ pub struct ClientService<S> {
     shared: Arc<Shared>,
 }
 
+/// One outgoing call in flight: its record, ended by [`ClientInFlight::finish`].
+/// Shared by [`ClientService`] and the `reqwest` middleware, so both clients make
+/// the same span and the same metric.
 #[derive(Debug)]
-struct ClientInFlight {
+pub(crate) struct ClientInFlight {
     shared: Arc<Shared>,
     record: Box<ClientRecord>,
 }
 
 impl ClientInFlight {
-    fn finish(self, status: Option<u16>, error_type: Option<&'static str>) {
+    /// Starts a call about to be sent: a CLIENT span under the current context
+    /// (a new root without one), its `traceparent`/`tracestate`/`baggage`
+    /// written to `headers`.
+    pub(crate) fn start(
+        shared: &Arc<Shared>,
+        method: Method,
+        uri: Uri,
+        version: Version,
+        headers: &mut HeaderMap,
+    ) -> ClientInFlight {
+        let cx = opentelemetry::Context::current();
+        let (span, parent_span_id) = shared.child_of(cx.span().span_context());
+        propagation::inject(&span, &cx, headers, shared.propagation);
+        ClientInFlight {
+            shared: Arc::clone(shared),
+            record: Box::new(ClientRecord {
+                method,
+                uri,
+                version,
+                status: None,
+                error_type: None,
+                start: Instant::now(),
+                duration: Duration::ZERO,
+                span,
+                parent_span_id,
+            }),
+        }
+    }
+
+    /// The protocol version the response came with.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn set_version(&mut self, version: Version) {
+        self.record.version = version;
+    }
+
+    /// Ends the call: a response with `status` (its `error.type` for 4xx and
+    /// 5xx), or none with `error_type`.
+    pub(crate) fn finish(self, status: Option<u16>, error_type: Option<&'static str>) {
         let ClientInFlight { shared, mut record } = self;
         record.duration = record.start.elapsed();
         record.status = status;
-        record.error_type = error_type;
+        record.error_type = error_type.or_else(|| status.and_then(status_text));
         shared.recorder.finish_client(record);
     }
 }
@@ -94,26 +134,11 @@ where
                 state: None,
             };
         }
-        let cx = opentelemetry::Context::current();
-        let (span, parent_span_id) = shared.child_of(cx.span().span_context());
-        propagation::inject(&span, &cx, req.headers_mut(), shared.propagation);
-        let record = Box::new(ClientRecord {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            status: None,
-            error_type: None,
-            start: Instant::now(),
-            duration: Duration::ZERO,
-            span,
-            parent_span_id,
-        });
+        let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+        let state = ClientInFlight::start(shared, method, uri, version, req.headers_mut());
         ClientFuture {
             inner: self.inner.call(req),
-            state: Some(ClientInFlight {
-                shared: Arc::clone(shared),
-                record,
-            }),
+            state: Some(state),
         }
     }
 }
@@ -152,10 +177,7 @@ where
         let out = std::task::ready!(this.inner.poll(cx));
         if let Some(state) = this.state.take() {
             match &out {
-                Ok(res) => {
-                    let status = res.status().as_u16();
-                    state.finish(Some(status), status_text(status));
-                }
+                Ok(res) => state.finish(Some(res.status().as_u16()), None),
                 Err(_) => state.finish(None, Some("_OTHER")),
             }
         }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-use opentelemetry_sdk::propagation::BaggagePropagator;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
 use crate::config::Propagation;
 
@@ -145,6 +145,20 @@ pub(crate) fn inject(span: &SpanContext, cx: &Context, headers: &mut HeaderMap, 
     if p.baggage && !cx.baggage().is_empty() {
         BaggagePropagator::new().inject_context(cx, &mut HeaderInjector(headers));
     }
+}
+
+/// The OpenTelemetry propagator for the same formats, for other libraries that
+/// propagate through `opentelemetry::global`: W3C Trace Context and/or W3C
+/// Baggage, or none.
+pub(crate) fn text_map_propagator(p: Propagation) -> TextMapCompositePropagator {
+    let mut parts: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::with_capacity(2);
+    if p.tracecontext {
+        parts.push(Box::new(TraceContextPropagator::new()));
+    }
+    if p.baggage {
+        parts.push(Box::new(BaggagePropagator::new()));
+    }
+    TextMapCompositePropagator::new(parts)
 }
 
 fn extract_trace_context(
@@ -547,6 +561,32 @@ mod tests {
             written.contains("user.id=42") && written.contains("tenant=acme%20corp"),
             "{written}"
         );
+    }
+
+    #[test]
+    fn the_text_map_propagator_writes_the_configured_formats_only() {
+        use opentelemetry::trace::TraceContextExt;
+        let sc = SpanContext::new(
+            TraceId::from(0xabcdefu128),
+            SpanId::from(0x1234u64),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        let cx = Context::new()
+            .with_remote_span_context(sc)
+            .with_baggage([opentelemetry::KeyValue::new("tenant", "acme")]);
+        let fields = |tracecontext, baggage| {
+            let mut map = std::collections::HashMap::new();
+            text_map_propagator(Propagation { tracecontext, baggage }).inject_context(&cx, &mut map);
+            let mut keys: Vec<String> = map.into_keys().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(fields(true, true), ["baggage", "traceparent", "tracestate"]);
+        assert_eq!(fields(true, false), ["traceparent", "tracestate"]);
+        assert_eq!(fields(false, true), ["baggage"]);
+        assert!(fields(false, false).is_empty());
     }
 
     #[test]
