@@ -482,6 +482,7 @@ mod apm;
 mod config;
 pub mod db;
 mod export;
+mod fnv;
 mod layer;
 mod limits;
 mod logs;

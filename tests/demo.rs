@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -25,23 +24,8 @@ async fn demo_serves_one_connected_trace_and_flushes_on_sigterm() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    // Every line of stdout, each of which must be JSON; collected until exit.
-    let reader = std::thread::spawn(move || {
-        let mut addr_tx = Some(addr_tx);
-        let mut all = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let json: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("a demo line is not JSON ({e}): {line}"));
-            if json["message"] == "listening" {
-                if let Some(tx) = addr_tx.take() {
-                    let _ = tx.send(json["url"].as_str().unwrap().to_owned());
-                }
-            }
-            all.push(json);
-        }
-        all
-    });
+    // Every stdout line, each of which must be JSON; collected until exit.
+    let (addr_rx, reader) = support::json_lines(stdout);
     let base = tokio::time::timeout(Duration::from_secs(30), addr_rx)
         .await
         .unwrap()

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -28,23 +27,8 @@ async fn hyper_example_names_spans_by_route_gives_the_peer_and_exits_0_on_sigter
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
     // Every stdout line, each of which must be JSON; collected until exit.
-    let reader = std::thread::spawn(move || {
-        let mut url_tx = Some(url_tx);
-        let mut all = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let json: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("a line is not JSON ({e}): {line}"));
-            if json["message"] == "listening" {
-                if let Some(tx) = url_tx.take() {
-                    let _ = tx.send(json["url"].as_str().unwrap().to_owned());
-                }
-            }
-            all.push(json);
-        }
-        all
-    });
+    let (url_rx, reader) = support::json_lines(stdout);
     let base = tokio::time::timeout(Duration::from_secs(30), url_rx)
         .await
         .expect("a listening line within 30 s")

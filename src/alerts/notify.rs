@@ -341,12 +341,9 @@ impl Notice {
 
     /// FNV-1a of the labels, as a stable id.
     fn fingerprint(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.key().bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        let mut h = crate::fnv::Fnv1a::new();
+        h.write(self.key().as_bytes());
+        format!("{:016x}", h.finish())
     }
 }
 

@@ -34,13 +34,11 @@ pub(crate) struct QueryShape {
 
 impl QueryShape {
     fn new(operation: Option<&str>, collection: Option<&str>, statement: Option<&str>, derived: bool) -> QueryShape {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut fnv = crate::fnv::Fnv1a::new();
         for part in [operation.unwrap_or(""), "\u{0}", collection.unwrap_or("")] {
-            for b in part.bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+            fnv.write(part.as_bytes());
         }
+        let h = fnv.finish();
         QueryShape {
             operation: operation.map(Arc::from),
             collection: collection.map(Arc::from),

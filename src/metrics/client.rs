@@ -63,13 +63,8 @@ impl<'a> Key<'a> {
 
     /// FNV-1a over the fields.
     fn hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut h = crate::fnv::Fnv1a::new();
+        let mut eat = |bytes: &[u8]| h.write(bytes);
         eat(self.method.as_bytes());
         eat(self.server_address.unwrap_or("\u{0}").as_bytes());
         eat(&self.server_port.unwrap_or(0).to_le_bytes());
@@ -77,7 +72,7 @@ impl<'a> Key<'a> {
         eat(self.error_type.unwrap_or("").as_bytes());
         eat(self.scheme.unwrap_or("").as_bytes());
         eat(self.version.as_bytes());
-        h
+        h.finish()
     }
 
     fn attrs(&self) -> ClientAttrs {

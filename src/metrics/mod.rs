@@ -214,20 +214,15 @@ impl Key<'_> {
     /// FNV-1a over the fields: short, trusted values (a route template, a few
     /// small integers); SipHash's DoS resistance buys nothing here.
     fn hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut h = crate::fnv::Fnv1a::new();
+        let mut eat = |bytes: &[u8]| h.write(bytes);
         eat(self.method.as_bytes());
         eat(self.route.unwrap_or("\u{0}").as_bytes());
         eat(&self.status.unwrap_or(0).to_le_bytes());
         eat(&[u8::from(self.https)]);
         eat(self.version.as_bytes());
         eat(self.error_type.unwrap_or("").as_bytes());
-        h
+        h.finish()
     }
 
     fn attrs(&self) -> SeriesAttrs {

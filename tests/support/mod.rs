@@ -439,6 +439,35 @@ pub async fn serve_with_peer(app: axum::Router) -> std::net::SocketAddr {
     addr
 }
 
+/// Reads a process's stdout, every line of which must be JSON: resolves the
+/// first receiver with the `url` of its `listening` line, and returns every
+/// line from the thread once the process closes its stdout.
+pub fn json_lines(
+    stdout: std::process::ChildStdout,
+) -> (
+    tokio::sync::oneshot::Receiver<String>,
+    std::thread::JoinHandle<Vec<serde_json::Value>>,
+) {
+    use std::io::BufRead;
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+    let reader = std::thread::spawn(move || {
+        let mut url_tx = Some(url_tx);
+        let mut all = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let json: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("a line is not JSON ({e}): {line}"));
+            if json["message"] == "listening" {
+                if let Some(tx) = url_tx.take() {
+                    let _ = tx.send(json["url"].as_str().unwrap().to_owned());
+                }
+            }
+            all.push(json);
+        }
+        all
+    });
+    (url_rx, reader)
+}
+
 /// `n` GETs of `{base}{path}`, one after another.
 pub async fn hit(base: &str, path: &str, n: usize) {
     for _ in 0..n {
