@@ -11,6 +11,12 @@ impl Fnv1a {
         Fnv1a(0xcbf2_9ce4_8422_2325)
     }
 
+    /// Goes on from a hash already computed (to fold more bytes into it).
+    #[inline]
+    pub(crate) fn resume(hash: u64) -> Self {
+        Fnv1a(hash)
+    }
+
     #[inline]
     pub(crate) fn write(&mut self, bytes: &[u8]) {
         for b in bytes {

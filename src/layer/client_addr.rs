@@ -214,12 +214,19 @@ impl TrustedProxies {
 
     /// The client behind `peer` when `peer` is a trusted proxy that forwarded
     /// one in the configured header; `None` means the peer itself is the client.
-    pub(crate) fn forwarded_client(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+    #[cfg(test)]
+    fn forwarded_client(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         if !self.trusts(peer) {
             return None;
         }
-        // Walked from the last header line to the first and, in each, from the
-        // last hop to the first: the nearest hop first, with no allocation.
+        self.client_behind(headers)
+    }
+
+    /// The client a trusted peer forwarded in the configured header (the
+    /// caller has checked the peer): walked from the last header line to the
+    /// first and, in each, from the last hop to the first, the nearest hop
+    /// first, with no allocation.
+    pub(crate) fn client_behind(&self, headers: &HeaderMap) -> Option<IpAddr> {
         let mut client = None;
         for value in headers.get_all(self.header.header()).iter().rev() {
             let Ok(v) = value.to_str() else { return client };

@@ -83,12 +83,9 @@ impl<S> ApmService<S> {
         let mut forwarded_client = None;
         let mut claimed_forwarded = None;
         if found.forwarding != 0 {
-            let peer_trusted = match peer {
-                Some(p) if !trusted.is_empty() => trusted.trusts(p.ip()),
-                _ => false,
-            };
+            let peer_trusted = peer.is_some_and(|p| !trusted.is_empty() && trusted.trusts(p.ip()));
             if peer_trusted {
-                forwarded_client = trusted.forwarded_client(peer.map_or(ip_unspecified(), |p| p.ip()), req.headers());
+                forwarded_client = trusted.client_behind(req.headers());
             }
             // Forwarding headers a trusted proxy did not write are kept for
             // the security events, never believed.
@@ -218,8 +215,4 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
         b'0'..=b'9' => Some(n * 10 + u64::from(d - b'0')),
         _ => None,
     })
-}
-
-fn ip_unspecified() -> std::net::IpAddr {
-    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
 }

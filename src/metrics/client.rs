@@ -7,12 +7,10 @@
 //! a client of the service chooses; the series cap still applies, and calls
 //! beyond it go to the overflow series.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use super::{DURATION_BOUNDS_NS, Histogram, IdentityHasher, METHODS, method_slot};
+use super::capped::CappedSeries;
+use super::{DURATION_BOUNDS_NS, Histogram, METHODS, method_slot};
 use crate::record::ClientRecord;
 use crate::trace::span::{protocol_version, server_of};
 
@@ -118,34 +116,28 @@ impl ClientSeries {
     }
 }
 
-type Map = HashMap<u64, Vec<Arc<ClientSeries>>, BuildHasherDefault<IdentityHasher>>;
-
 /// Every client metric of one `Apm`.
 #[derive(Debug)]
 pub(crate) struct ClientMetrics {
-    series: RwLock<(Map, usize)>,
-    overflow: Arc<ClientSeries>,
-    /// Calls counted in the overflow series.
-    overflowed: AtomicU64,
-    max_series: usize,
+    series: CappedSeries<ClientSeries>,
 }
 
 impl ClientMetrics {
     pub(crate) fn new(max_series: usize) -> ClientMetrics {
         ClientMetrics {
-            series: RwLock::new((Map::default(), 0)),
-            overflow: Arc::new(ClientSeries::new(ClientAttrs {
-                method: "",
-                server_address: None,
-                server_port: None,
-                status: None,
-                error_type: None,
-                scheme: None,
-                version: "",
-                overflow: true,
-            })),
-            overflowed: AtomicU64::new(0),
-            max_series,
+            series: CappedSeries::new(
+                max_series,
+                ClientSeries::new(ClientAttrs {
+                    method: "",
+                    server_address: None,
+                    server_port: None,
+                    status: None,
+                    error_type: None,
+                    scheme: None,
+                    version: "",
+                    overflow: true,
+                }),
+            ),
         }
     }
 
@@ -153,41 +145,19 @@ impl ClientMetrics {
     pub(crate) fn record(&self, r: &ClientRecord) {
         let nanos = u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX);
         let key = Key::of(r);
-        let h = key.hash();
-        {
-            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = map.0.get(&h).and_then(|v| v.iter().find(|s| s.attrs.matches(&key))) {
+        self.series.count(
+            key.hash(),
+            |s| s.attrs.matches(&key),
+            || ClientSeries::new(key.attrs()),
+            |s| {
                 s.duration.observe(nanos);
-                return;
-            }
-        }
-        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.0.get(&h).and_then(|v| v.iter().find(|s| s.attrs.matches(&key))) {
-            s.duration.observe(nanos);
-            return;
-        }
-        if map.1 >= self.max_series {
-            self.overflowed.fetch_add(1, Ordering::Relaxed);
-            self.overflow.duration.observe(nanos);
-            return;
-        }
-        let series = Arc::new(ClientSeries::new(key.attrs()));
-        series.duration.observe(nanos);
-        map.0.entry(h).or_default().push(series);
-        map.1 += 1;
+            },
+        );
     }
 
     /// Every series, sorted by attributes (the overflow series last, when used).
     pub(crate) fn series(&self) -> Vec<Arc<ClientSeries>> {
-        let mut all: Vec<Arc<ClientSeries>> = {
-            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-            map.0.values().flatten().cloned().collect()
-        };
-        all.sort_by(|a, b| a.attrs.cmp(&b.attrs));
-        if self.overflowed.load(Ordering::Relaxed) > 0 {
-            all.push(Arc::clone(&self.overflow));
-        }
-        all
+        self.series.sorted(|a, b| a.attrs.cmp(&b.attrs))
     }
 }
 

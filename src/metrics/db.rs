@@ -2,12 +2,11 @@
 //! server and `error.type`; and the slow queries among them. Read by the
 //! Prometheus endpoint and the OTLP push with the request metrics.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
-use super::{Histogram, IdentityHasher};
+use super::Histogram;
+use super::capped::CappedSeries;
 use crate::record::DbRecord;
 
 /// The bucket boundaries (seconds) the database semantic conventions advise.
@@ -93,85 +92,55 @@ impl DbSeries {
 /// The shape's hash (operation and table) with the `error.type` folded in;
 /// the database's own fields are compared, not hashed.
 fn hash(r: &DbRecord) -> u64 {
-    let mut h = r.shape.hash;
+    let mut h = crate::fnv::Fnv1a::resume(r.shape.hash);
     if let Some(e) = &r.error_type {
-        for b in e.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write(e.as_bytes());
     }
-    h
+    h.finish()
 }
-
-type Map = HashMap<u64, Vec<Arc<DbSeries>>, BuildHasherDefault<IdentityHasher>>;
 
 /// Every database metric of one `Apm`.
 #[derive(Debug)]
 pub(crate) struct DbMetrics {
-    series: RwLock<(Map, usize)>,
-    overflow: Arc<DbSeries>,
-    max_series: usize,
+    series: CappedSeries<DbSeries>,
 }
 
 impl DbMetrics {
     pub(crate) fn new(max_series: usize) -> DbMetrics {
         DbMetrics {
-            series: RwLock::new((Map::default(), 0)),
-            overflow: Arc::new(DbSeries::new(DbAttrs {
-                system: "".into(),
-                operation: None,
-                collection: None,
-                namespace: None,
-                server: None,
-                error_type: None,
-                overflow: true,
-            })),
-            max_series,
+            series: CappedSeries::new(
+                max_series,
+                DbSeries::new(DbAttrs {
+                    system: "".into(),
+                    operation: None,
+                    collection: None,
+                    namespace: None,
+                    server: None,
+                    error_type: None,
+                    overflow: true,
+                }),
+            ),
         }
     }
 
     /// Counts one query.
     pub(crate) fn record(&self, r: &DbRecord, slow: bool) {
-        let count = |s: &DbSeries| {
-            s.duration
-                .observe(u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX));
-            if slow {
-                s.slow.fetch_add(1, Ordering::Relaxed);
-            }
-        };
-        let h = hash(r);
-        {
-            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = map.0.get(&h).and_then(|v| v.iter().find(|s| s.attrs.matches(r))) {
-                count(s);
-                return;
-            }
-        }
-        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.0.get(&h).and_then(|v| v.iter().find(|s| s.attrs.matches(r))) {
-            count(s);
-            return;
-        }
-        if map.1 >= self.max_series {
-            count(&self.overflow);
-            return;
-        }
-        let series = Arc::new(DbSeries::new(DbAttrs::of(r)));
-        count(&series);
-        map.0.entry(h).or_default().push(series);
-        map.1 += 1;
+        let nanos = u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX);
+        self.series.count(
+            hash(r),
+            |s| s.attrs.matches(r),
+            || DbSeries::new(DbAttrs::of(r)),
+            |s| {
+                s.duration.observe(nanos);
+                if slow {
+                    s.slow.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        );
     }
 
     /// Every series, sorted by attributes (the overflow series last, when used).
     pub(crate) fn series(&self) -> Vec<Arc<DbSeries>> {
-        let mut all: Vec<Arc<DbSeries>> = {
-            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-            map.0.values().flatten().cloned().collect()
-        };
-        all.sort_by(|a, b| a.attrs.cmp(&b.attrs));
-        if self.overflow.duration.snapshot().count > 0 {
-            all.push(Arc::clone(&self.overflow));
-        }
-        all
+        self.series.sorted(|a, b| a.attrs.cmp(&b.attrs))
     }
 }

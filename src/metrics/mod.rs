@@ -18,6 +18,7 @@
 //! overflow series (`otel.metric.overflow="true"`, as the OpenTelemetry SDKs do),
 //! and counts those requests.
 
+mod capped;
 pub(crate) mod client;
 pub(crate) mod db;
 pub(crate) mod otlp;
