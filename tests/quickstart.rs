@@ -5,13 +5,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use serde_json::Value;
-use support::{Receiver, example_binary, get};
-use tokio::sync::mpsc;
+use support::{JsonProcess, Receiver, example_binary, get};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
@@ -73,76 +69,13 @@ fn the_readme_the_crate_docs_and_the_example_show_one_quick_start() {
 }
 
 /// The example, running, with its stdout lines arriving as JSON values.
-struct Quickstart {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Quickstart {
-    fn start(env: &[(&str, &str)]) -> Quickstart {
-        let mut cmd = Command::new(example_binary("quickstart"));
-        cmd.env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        Quickstart {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+fn start_quickstart(env: &[(&str, &str)]) -> JsonProcess {
+    let mut cmd = Command::new(example_binary("quickstart"));
+    cmd.env("LISTEN_ADDR", "127.0.0.1:0").env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-
-    /// Awaits the first line (from now on) that `pred` accepts.
-    async fn wait_line(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        let wait = async {
-            loop {
-                let line = self.lines.recv().await.expect("the example's stdout closed first");
-                self.seen.push(line.clone());
-                if pred(&line) {
-                    return line;
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no such line within 30 s; saw {:#?}", self.seen))
-    }
-
-    /// Waits for the exit (bounded); returns its code, stderr and every remaining line.
-    async fn exit(mut self) -> (Option<i32>, String, Vec<Value>) {
-        let mut child = self.child;
-        let status = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::task::spawn_blocking(move || {
-                let status = child.wait().unwrap();
-                let mut stderr = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-                (status, stderr)
-            }),
-        )
-        .await
-        .expect("the example exited")
-        .unwrap();
-        while let Some(line) = self.lines.recv().await {
-            self.seen.push(line);
-        }
-        (status.0.code(), status.1, self.seen)
-    }
+    JsonProcess::spawn(cmd)
 }
 
 #[cfg(unix)]
@@ -150,7 +83,7 @@ impl Quickstart {
 async fn the_quickstart_delivers_the_span_on_sigterm_and_exits_0() {
     let receiver = Receiver::start().await;
     let endpoint = receiver.grpc_endpoint();
-    let mut app = Quickstart::start(&[
+    let mut app = start_quickstart(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         // Nothing leaves before the SIGTERM: only the shutdown's flush can
         // deliver the span.
@@ -167,11 +100,7 @@ async fn the_quickstart_delivers_the_span_on_sigterm_and_exits_0() {
     assert_eq!(access["client_address"], "127.0.0.1", "the peer's address: {access}");
     assert!(receiver.spans().is_empty(), "spans wait for the flush");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &app.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    app.sigterm();
     let (code, stderr, lines) = app.exit().await;
     assert_eq!(code, Some(0), "a clean shutdown exits 0; stderr: {stderr}; {lines:#?}");
     assert!(
@@ -195,7 +124,7 @@ async fn the_quickstart_delivers_the_span_on_sigterm_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_prints_what_to_fix_and_exits_1_on_a_bad_variable() {
-    let app = Quickstart::start(&[
+    let app = start_quickstart(&[
         ("OTEL_TRACES_SAMPLER", "traceidratio"),
         ("OTEL_TRACES_SAMPLER_ARG", "half"),
     ]);

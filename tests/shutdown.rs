@@ -7,24 +7,20 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use support::{Receiver, demo_binary, get, get_with_connection};
+use support::{JsonProcess, Receiver, demo_binary, get, get_with_connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 /// The demo, running, with its stdout lines arriving as JSON values.
 struct Demo {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<Value>,
-    seen: Vec<Value>,
+    process: JsonProcess,
     base: String,
     addr: SocketAddr,
 }
@@ -34,71 +30,30 @@ impl Demo {
         let mut cmd = Command::new(demo_binary());
         cmd.env("DEMO_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
-            .env("OTEL_METRICS_EXPORTER", "prometheus")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .env("OTEL_METRICS_EXPORTER", "prometheus");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut demo = Demo {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            base: String::new(),
-            addr: "127.0.0.1:0".parse().unwrap(),
-        };
-        let listening = demo.wait_line(|l| l["message"] == "listening").await;
-        demo.base = listening["url"].as_str().unwrap().to_owned();
-        demo.addr = demo.base.trim_start_matches("http://").parse().unwrap();
-        demo
+        let mut process = JsonProcess::spawn(cmd);
+        let listening = process.wait_line(|l| l["message"] == "listening").await;
+        let base = listening["url"].as_str().unwrap().to_owned();
+        let addr = base.trim_start_matches("http://").parse().unwrap();
+        Demo { process, base, addr }
     }
 
     /// Awaits the first line (from now on) that `pred` accepts.
     async fn wait_line(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        let wait = async {
-            loop {
-                let line = self.lines.recv().await.expect("the demo's stdout closed first");
-                self.seen.push(line.clone());
-                if pred(&line) {
-                    return line;
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no such line within 30 s; saw {:#?}", self.seen))
+        self.process.wait_line(pred).await
     }
 
     fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        self.process.sigterm();
     }
 
-    /// Waits for the exit; returns its code and every remaining line.
-    async fn exit(mut self) -> (Option<i32>, Vec<Value>) {
-        let mut child = self.child;
-        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-            .await
-            .unwrap();
-        while let Some(line) = self.lines.recv().await {
-            self.seen.push(line);
-        }
-        (status.code(), self.seen)
+    /// Waits for the exit; returns its code and every line.
+    async fn exit(self) -> (Option<i32>, Vec<Value>) {
+        let (code, _stderr, lines) = self.process.exit().await;
+        (code, lines)
     }
 }
 

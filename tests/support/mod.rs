@@ -439,6 +439,95 @@ pub async fn serve_with_peer(app: axum::Router) -> std::net::SocketAddr {
     addr
 }
 
+/// A process of ours (an example), running, its stdout lines arriving as JSON
+/// values (every line must be JSON), its stderr captured.
+pub struct JsonProcess {
+    pub child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// Reads stderr as it comes, so a full pipe never stalls the process.
+    stderr: std::thread::JoinHandle<String>,
+    /// Every line received so far.
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl JsonProcess {
+    /// Starts `cmd` with stdout and stderr piped.
+    pub fn spawn(mut cmd: std::process::Command) -> JsonProcess {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut text);
+            text
+        });
+        JsonProcess {
+            child,
+            lines,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Awaits the first line (from now on) that `pred` accepts, at most 30 s.
+    pub async fn wait_line(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let wait = async {
+            loop {
+                let line = self.lines.recv().await.expect("the process's stdout closed first");
+                self.seen.push(line.clone());
+                if pred(&line) {
+                    return line;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no such line within 30 s; saw {:#?}", self.seen))
+    }
+
+    /// Sends a real SIGTERM.
+    pub fn sigterm(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Waits for the exit (at most 30 s); its code, its stderr and every line.
+    pub async fn exit(mut self) -> (Option<i32>, String, Vec<serde_json::Value>) {
+        let mut child = self.child;
+        let stderr = self.stderr;
+        let (status, stderr) = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::task::spawn_blocking(move || (child.wait().unwrap(), stderr.join().unwrap())),
+        )
+        .await
+        .expect("the process exited within 30 s")
+        .unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        (status.code(), stderr, self.seen)
+    }
+}
+
 /// Reads a process's stdout, every line of which must be JSON: resolves the
 /// first receiver with the `url` of its `listening` line, and returns every
 /// line from the thread once the process closes its stdout.
