@@ -445,15 +445,20 @@ mod tests {
         assert!(parse(&format!(" \t{VALID} ")).is_some());
     }
 
-    #[test]
-    fn formatted_traceparent_parses_back() {
-        let sc = SpanContext::new(
+    /// A sampled span context with short, recognizable ids.
+    fn sampled_span() -> SpanContext {
+        SpanContext::new(
             TraceId::from(0xabcdefu128),
             SpanId::from(0x1234u64),
             TraceFlags::SAMPLED,
             false,
             TraceState::NONE,
-        );
+        )
+    }
+
+    #[test]
+    fn formatted_traceparent_parses_back() {
+        let sc = sampled_span();
         let v = format_traceparent(&sc);
         assert_eq!(v, "00-00000000000000000000000000abcdef-0000000000001234-01");
         let (t, s, f) = parse_traceparent(v.as_bytes()).unwrap();
@@ -566,13 +571,7 @@ mod tests {
     #[test]
     fn the_text_map_propagator_writes_the_configured_formats_only() {
         use opentelemetry::trace::TraceContextExt;
-        let sc = SpanContext::new(
-            TraceId::from(0xabcdefu128),
-            SpanId::from(0x1234u64),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::NONE,
-        );
+        let sc = sampled_span();
         let cx = Context::new()
             .with_remote_span_context(sc)
             .with_baggage([opentelemetry::KeyValue::new("tenant", "acme")]);
